@@ -1,0 +1,167 @@
+"""The one core every deterministic sampler runs on.
+
+A solver does not loop over the model: it compiles a time grid into a ``Program``, a short
+list of two instructions,
+
+    Evaluate(state, point)                 -> evaluation k: (D_k, eps_k) = model(state, point)
+    Combine(target, base, scale, terms)    -> target = scale * base + sum_j (a_j D_j + b_j eps_j)
+
+with every coefficient computed once, on the host, before sampling starts. The executor
+below is the only sampling loop; solvers differ only in their coefficients (DESIGN.md), and
+a tuner can rewrite the coefficients of a compiled program directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from .model import Point, Prediction
+
+Coefficient = float  # a Python float, or a 0-d tensor when a tuner learns it
+
+
+@dataclass(frozen=True)
+class Term:
+    """a * D + b * eps of evaluation ``source``."""
+
+    source: int
+    data: Coefficient = 0.0
+    noise: Coefficient = 0.0
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    """Call the model on register ``state`` at ``point``; ``step`` names it in errors."""
+
+    state: int
+    point: Point
+    step: int
+
+
+@dataclass(frozen=True)
+class Combine:
+    """register[target] = scale * register[base] + sum of ``terms``.
+
+    ``lands`` is the grid index the result sits at when it is a step's end state (for
+    trajectories and callbacks), None for intermediate stage states.
+    """
+
+    target: int
+    base: int
+    scale: Coefficient
+    terms: tuple[Term, ...]
+    lands: int | None = None
+
+
+Instruction = Evaluate | Combine
+
+
+@dataclass(frozen=True)
+class Program:
+    """A compiled sampler: instructions, and the evaluation whose data prediction is the result."""
+
+    instructions: tuple[Instruction, ...]
+    output: int
+    n_registers: int
+    releases: tuple[tuple[int, ...], ...] = field(repr=False, default=())
+
+    @property
+    def nfe(self) -> int:
+        return sum(isinstance(ins, Evaluate) for ins in self.instructions)
+
+    @property
+    def evaluations(self) -> list[Evaluate]:
+        return [ins for ins in self.instructions if isinstance(ins, Evaluate)]
+
+    def run(
+        self,
+        evaluate: Callable[[Tensor, Evaluate], Prediction],
+        x: Tensor,
+        on_land: Callable[[int, Tensor], None] | None = None,
+    ) -> Tensor:
+        """Execute on start state ``x``; ``evaluate`` calls the model for one instruction."""
+        registers: list[Tensor | None] = [None] * self.n_registers
+        registers[0] = x
+        results: list[Prediction | None] = []
+        if on_land is not None:
+            on_land(0, x)
+        for ins, release in zip(self.instructions, self.releases, strict=True):
+            if isinstance(ins, Evaluate):
+                results.append(evaluate(registers[ins.state], ins))
+            else:
+                registers[ins.target] = combine(registers[ins.base], ins.scale, ins.terms, results)
+                if on_land is not None and ins.lands is not None:
+                    on_land(ins.lands, registers[ins.target])
+            for k in release:
+                results[k] = None
+        return results[self.output].data
+
+
+def combine(
+    base: Tensor, scale: Coefficient, terms: Sequence[Term], results: Sequence[Prediction | None]
+) -> Tensor:
+    """scale * base + sum_j (a_j D_j + b_j eps_j): the single place where states are formed."""
+    out = base * scale
+    for term in terms:
+        pred = results[term.source]
+        for coef, value in ((term.data, pred.data), (term.noise, pred.noise)):
+            if isinstance(coef, float):
+                if coef != 0.0:
+                    out.add_(value, alpha=coef)
+            else:
+                out = out + coef * value
+    return out
+
+
+class ProgramBuilder:
+    """Accumulates instructions; solvers call ``evaluate`` and ``combine`` in order."""
+
+    def __init__(self) -> None:
+        self._instructions: list[Instruction] = []
+        self._n_evaluations = 0
+        self._n_registers = 1
+
+    def register(self) -> int:
+        """A fresh scratch register (register 0 holds the sampler state)."""
+        self._n_registers += 1
+        return self._n_registers - 1
+
+    def evaluate(self, state: int, point: Point, step: int) -> int:
+        self._instructions.append(Evaluate(state, point, step))
+        self._n_evaluations += 1
+        return self._n_evaluations - 1
+
+    def combine(
+        self,
+        target: int,
+        base: int,
+        scale: Coefficient,
+        terms: Iterable[Term],
+        lands: int | None = None,
+    ) -> None:
+        self._instructions.append(Combine(target, base, scale, tuple(terms), lands))
+
+    def build(self, output: int) -> Program:
+        return with_releases(tuple(self._instructions), output, self._n_registers)
+
+
+def with_releases(instructions: tuple[Instruction, ...], output: int, n_registers: int) -> Program:
+    """A program that frees each evaluation after its last use (bounded memory)."""
+    last_use: dict[int, int] = {}
+    k = 0
+    for i, ins in enumerate(instructions):
+        if isinstance(ins, Evaluate):
+            last_use[k] = i
+            k += 1
+        else:
+            for term in ins.terms:
+                last_use[term.source] = i
+    last_use[output] = len(instructions)
+    releases: list[list[int]] = [[] for _ in instructions]
+    for source, i in last_use.items():
+        if i < len(instructions):
+            releases[i].append(source)
+    return Program(instructions, output, n_registers, tuple(tuple(r) for r in releases))

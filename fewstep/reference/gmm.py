@@ -1,0 +1,169 @@
+"""An exact Gaussian mixture: its noised marginals, denoiser and every parameterization.
+
+If x0 ~ sum_k w_k N(mu_k, S_k), then x = alpha x0 + sigma eps is again a mixture,
+sum_k w_k N(alpha mu_k, alpha^2 S_k + sigma^2 I), and the posterior mean is
+
+    E[x0 | x] = sum_k r_k(x) (mu_k + alpha S_k (alpha^2 S_k + sigma^2 I)^{-1} (x - alpha mu_k))
+
+with responsibilities r_k from log-sum-exp. Working in each component's eigenbasis
+(S_k = U_k diag(s_k) U_k^T) makes every noise level a diagonal computation, in float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import ArgumentError
+from ..model import Model, PredictionType
+from ..schedules import NoiseSchedule
+
+
+def _column(value: float | Tensor, batch: int) -> Tensor:
+    """A (batch, 1, 1) float64 tensor from a scalar or per-sample value."""
+    v = torch.as_tensor(value, dtype=torch.float64)
+    return v.expand(batch).reshape(batch, 1, 1) if v.ndim == 0 else v.reshape(batch, 1, 1)
+
+
+class GaussianMixture:
+    """A Gaussian mixture in R^d with full covariances, exact at every noise level."""
+
+    def __init__(self, means: Tensor, covariances: Tensor, weights: Tensor | None = None):
+        means = torch.as_tensor(means, dtype=torch.float64)
+        covs = torch.as_tensor(covariances, dtype=torch.float64)
+        if means.ndim != 2 or covs.shape != (means.shape[0], means.shape[1], means.shape[1]):
+            raise ArgumentError("covariances", "need means (K, d) and covariances (K, d, d)")
+        k = means.shape[0]
+        w = (
+            torch.full((k,), 1.0 / k, dtype=torch.float64)
+            if weights is None
+            else (torch.as_tensor(weights, dtype=torch.float64))
+        )
+        if w.shape != (k,) or bool(torch.any(w <= 0)):
+            raise ArgumentError("weights", "need K positive weights")
+        eigvals, eigvecs = torch.linalg.eigh(0.5 * (covs + covs.transpose(1, 2)))
+        if bool(torch.any(eigvals <= 0)):
+            raise ArgumentError("covariances", "must be symmetric positive definite")
+        self.means, self.covariances = means, covs
+        self.weights = w / w.sum()
+        self.eigvals, self.eigvecs = eigvals, eigvecs  # (K, d), (K, d, d)
+        self._means_eig = torch.einsum("kd,kde->ke", means, eigvecs)  # mu_k in its eigenbasis
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    @classmethod
+    def random(
+        cls,
+        dim: int = 64,
+        components: int = 8,
+        seed: int = 0,
+        *,
+        mean_scale: float = 0.5,
+        std_max: float = 0.4,
+        condition: float = 1e3,
+    ) -> GaussianMixture:
+        """A reproducible random mixture: means ~ N(0, mean_scale^2 I), each covariance a
+        random rotation of variances decaying geometrically from std_max^2 by a factor
+        ``condition`` (data concentrated near low-dimensional subspaces, as images are)."""
+        rng = np.random.default_rng(seed)
+        means = rng.normal(0.0, mean_scale, size=(components, dim))
+        variances = std_max**2 * np.geomspace(1.0, 1.0 / condition, dim)
+        covs = []
+        for _ in range(components):
+            q, r = np.linalg.qr(rng.normal(size=(dim, dim)))
+            q = q * np.sign(np.diag(r))
+            covs.append((q * variances) @ q.T)
+        weights = rng.dirichlet(np.full(components, 5.0))
+        return cls(
+            torch.from_numpy(means), torch.from_numpy(np.stack(covs)), torch.from_numpy(weights)
+        )
+
+    # -- exact quantities at noise level (alpha, sigma) ---------------------------------------
+    def _components(self, x: Tensor, alpha, sigma) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Eigen-coordinates of x - alpha mu_k, variances, responsibilities' logits, alpha."""
+        b = x.shape[0]
+        flat = x.reshape(b, -1).to(torch.float64)
+        if flat.shape[1] != self.dim:
+            raise ArgumentError(
+                "x", f"has {flat.shape[1]} features per sample, the mixture {self.dim}"
+            )
+        a, s = _column(alpha, b).to(flat.device), _column(sigma, b).to(flat.device)
+        z = torch.einsum("bd,kde->bke", flat, self.eigvecs.to(flat.device))
+        z = z - a * self._means_eig.to(flat.device)
+        var = a**2 * self.eigvals.to(flat.device) + s**2
+        logits = (
+            torch.log(self.weights.to(flat.device))
+            - 0.5 * (z**2 / var + torch.log(var)).sum(-1)
+            - 0.5 * self.dim * math.log(2 * math.pi)
+        )
+        return z, var, logits, a
+
+    def denoise(self, x: Tensor, alpha: float | Tensor, sigma: float | Tensor) -> Tensor:
+        """E[x0 | alpha x0 + sigma eps = x], shaped like x, float64."""
+        z, var, logits, a = self._components(x, alpha, sigma)
+        r = torch.softmax(logits, dim=-1)
+        dev = z.device
+        post = self._means_eig.to(dev) + a * self.eigvals.to(dev) / var * z
+        out = torch.einsum("bk,bke,kde->bd", r, post, self.eigvecs.to(dev))
+        return out.reshape(x.shape)
+
+    def marginal_log_prob(self, x: Tensor, alpha: float | Tensor, sigma: float | Tensor) -> Tensor:
+        """log density of x under the noised marginal at (alpha, sigma), per sample."""
+        _, _, logits, _ = self._components(x, alpha, sigma)
+        return torch.logsumexp(logits, dim=-1)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact log density of the clean data, per sample."""
+        return self.marginal_log_prob(x, 1.0, 0.0)
+
+    def sample(self, n: int, seed: int = 0) -> Tensor:
+        """n exact draws (n, d), float64."""
+        g = torch.Generator().manual_seed(seed)
+        comp = torch.multinomial(self.weights, n, replacement=True, generator=g)
+        white = torch.randn(n, self.dim, generator=g, dtype=torch.float64)
+        scaled = white * self.eigvals[comp].sqrt()
+        return self.means[comp] + torch.einsum("bke,be->bk", self.eigvecs[comp], scaled)
+
+    # -- as a model of any parameterization ---------------------------------------------------
+    def prediction_fn(self, schedule: NoiseSchedule, prediction: PredictionType = "epsilon"):
+        """fn(x, t) returning the exact output of a network of the given parameterization."""
+
+        def fn(x: Tensor, t: Tensor) -> Tensor:
+            t64 = t.detach().to("cpu", torch.float64)
+            alpha, sigma = schedule.alpha_sigma(t64)
+            shape = (-1, *([1] * (x.ndim - 1)))
+            a, s = alpha.view(shape).to(x.device), sigma.view(shape).to(x.device)
+            x64 = x.to(torch.float64)
+            data = self.denoise(x64, alpha.to(x.device), sigma.to(x.device))
+            noise = (x64 - a * data) / s
+            if prediction == "epsilon":
+                out = noise
+            elif prediction == "sample":
+                out = data
+            elif prediction == "v":
+                out = a * noise - s * data
+            elif prediction == "score":
+                out = -noise / s
+            elif prediction == "flow":
+                da, ds = (v.view(shape).to(x.device) for v in schedule.alpha_sigma_derivative(t64))
+                out = da * data + ds * noise
+            else:
+                raise ArgumentError("prediction", f"unknown {prediction!r}")
+            return out.to(x.dtype)
+
+        return fn
+
+    def model(
+        self, schedule: NoiseSchedule, prediction: PredictionType = "epsilon", **kwargs
+    ) -> Model:
+        """The exact denoiser as a ``fewstep.Model`` predicting ``prediction``."""
+        return Model(self.prediction_fn(schedule, prediction), schedule, prediction, **kwargs)
