@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 
@@ -105,6 +106,31 @@ def plain_weights(offsets: Sequence, length) -> list:
     """Weights integrating the interpolating polynomial exactly over [0, length]."""
     nodes = [u / length for u in offsets]
     return weights_from_moments(nodes, plain_moments(length, len(nodes)))
+
+
+def midpoint_weights(offset, h, form: str) -> list:
+    """DPM-Solver's 'midpoint' second-order rule: the first moment applied to
+    D_0 + (D_u - D_0) / (2 v), v = offset / h, where the exact rule would weight the
+    difference by the second moment. Weights of (D_0, D_u)."""
+    m0 = exponential_moments(h, 1, form)[0]
+    v = offset / h
+    return [m0 * (1 - 1 / (2 * v)), m0 / (2 * v)]
+
+
+def quadrature_moments(kernel, a: float, b: float, count: int, breaks=(), points: int = 16) -> list:
+    """M_m = int_a^b kernel(t) ((t - a) / (b - a))^m dt by Gauss-Legendre on each smooth
+    piece of [a, b] (``breaks`` are the kinks of a piecewise-smooth kernel)."""
+    nodes, weights = np.polynomial.legendre.leggauss(points)
+    lo, hi = min(a, b), max(a, b)
+    edges = [lo, *sorted(x for x in breaks if lo < x < hi), hi]
+    left, right = np.asarray(edges[:-1]), np.asarray(edges[1:])
+    t = (0.5 * (right - left)[:, None] * (nodes[None, :] + 1) + left[:, None]).ravel()
+    w = (0.5 * (right - left)[:, None] * weights[None, :]).ravel()
+    if b < a:
+        w = -w
+    k = np.asarray(kernel(t), dtype=np.float64)
+    v = (t - a) / (b - a)
+    return [float(np.sum(w * k * v**m)) for m in range(count)]
 
 
 def solve_small(matrix: Sequence[Sequence], rhs: Sequence) -> list:

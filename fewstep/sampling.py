@@ -10,9 +10,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import defaults
 from .errors import ArgumentError, FewstepError, NonFiniteError
-from .model import Model, Prediction
-from .program import Evaluate, Program
+from .model import Model, Point, Prediction, points
+from .program import Program
 from .solvers import Grid, Solver, get_solver
 from .spacing import Spacing, check_grid, resolve_spacing
 
@@ -34,10 +35,29 @@ class Trajectory(NamedTuple):
     nfe: int
 
 
+DEFAULT_NFE = 10
+
+
+def resolve(
+    model: Model,
+    solver: str | Solver = "auto",
+    spacing: str | Spacing | Sequence[float] | Tensor | np.ndarray | None = None,
+    **solver_options: Any,
+) -> tuple[Solver, Spacing]:
+    """The solver and spacing that ``sample`` would use (``"auto"`` resolved per schedule)."""
+    if isinstance(solver, str) and solver == "auto":
+        name, options, auto_spacing = defaults.auto(model.schedule)
+        solver = get_solver(name, **{**options, **solver_options})
+        spacing = auto_spacing if spacing is None else spacing
+    else:
+        solver = get_solver(solver, **solver_options)
+    return solver, resolve_spacing(spacing, model.schedule)
+
+
 def plan(
     model: Model,
-    solver: str | Solver = "ddim",
-    nfe: int = 10,
+    solver: str | Solver = "auto",
+    nfe: int = DEFAULT_NFE,
     spacing: str | Spacing | Sequence[float] | Tensor | np.ndarray | None = None,
     **solver_options: Any,
 ) -> tuple[Solver, Grid, Program]:
@@ -45,19 +65,20 @@ def plan(
     if isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)) or nfe < 1:
         raise ArgumentError("nfe", f"must be a positive integer, got {nfe!r}")
     nfe = int(nfe)
-    solver = get_solver(solver, **solver_options)
+    solver, sp = resolve(model, solver, spacing, **solver_options)
+    if solver.adaptive:
+        raise ArgumentError("solver", f"{solver.name!r} is adaptive and has no fixed plan")
     schedule = model.schedule
-    sp = resolve_spacing(spacing, schedule)
-    n = solver.grid_size(nfe, zero_snr_start=False)
+    n = solver.grid_size(nfe, singular_start=False)
     times = sp.times(schedule, n)
-    if float(schedule.alpha(times[:1])) == 0.0:
-        n_zero = solver.grid_size(nfe, zero_snr_start=True)
-        if n_zero != n:
-            n, times = n_zero, sp.times(schedule, n_zero)
+    if solver.singular(schedule, points(schedule, times[:1])[0]):
+        n_singular = solver.grid_size(nfe, singular_start=True)
+        if n_singular != n:
+            n, times = n_singular, sp.times(schedule, n_singular)
     check_grid(schedule, times)
     grid = Grid.from_times(schedule, times)
     model.check_start(grid[0])
-    program = solver.compile(grid)
+    program = solver.compile(grid, nfe)
     if program.nfe != nfe:
         raise FewstepError(f"internal: {solver!r} compiled {program.nfe} model calls for nfe={nfe}")
     return solver, grid, program
@@ -70,21 +91,31 @@ class _FiniteGuard:
 
     def __init__(self, device: torch.device):
         self.deferred = device.type != "cpu"
-        self.flags: list[tuple[Tensor, Evaluate]] = []
+        self.flags: list[tuple[Tensor, int, float]] = []
 
-    def check(self, pred: Prediction, ins: Evaluate) -> None:
+    def check(self, pred: Prediction, step: int, t: float) -> None:
         ok = torch.isfinite(pred.data.sum())
         if self.deferred:
-            self.flags.append((ok, ins))
+            self.flags.append((ok, step, t))
         elif not ok:
-            raise NonFiniteError(ins.step, ins.point.t)
+            raise NonFiniteError(step, t)
 
     def finish(self) -> None:
         if self.deferred and self.flags:
-            oks = torch.stack([ok for ok, _ in self.flags]).cpu()
+            oks = torch.stack([ok for ok, _, _ in self.flags]).cpu()
             if not bool(oks.all()):
-                ins = self.flags[int((~oks).nonzero()[0])][1]
-                raise NonFiniteError(ins.step, ins.point.t)
+                _, step, t = self.flags[int((~oks).nonzero()[0])]
+                raise NonFiniteError(step, t)
+
+
+def _evaluator(model: Model, guard: _FiniteGuard, bar, cond, uncond):
+    def evaluate(state: Tensor, point: Point, step: int) -> Prediction:
+        pred = model.evaluate(state, point, cond, uncond)
+        guard.check(pred, step, point.t)
+        bar.update()
+        return pred
+
+    return evaluate
 
 
 def run(
@@ -100,14 +131,8 @@ def run(
     """Run a compiled program from state x (gradients flow if enabled: the tuner uses this)."""
     guard = _FiniteGuard(x.device)
     with tqdm(total=program.nfe, disable=not progress, desc="sampling", leave=False) as bar:
-
-        def evaluate(state: Tensor, ins: Evaluate) -> Prediction:
-            pred = model.evaluate(state, ins.point, cond, uncond)
-            guard.check(pred, ins)
-            bar.update()
-            return pred
-
-        out = program.run(evaluate, x, on_land)
+        evaluate = _evaluator(model, guard, bar, cond, uncond)
+        out = program.run(lambda state, ins: evaluate(state, ins.point, ins.step), x, on_land)
     guard.finish()
     return out
 
@@ -121,8 +146,8 @@ def sample(
     model: Model,
     noise: Tensor,
     *,
-    solver: str | Solver = "ddim",
-    nfe: int = 10,
+    solver: str | Solver = "auto",
+    nfe: int | None = None,
     spacing: str | Spacing | Sequence[float] | Tensor | np.ndarray | None = None,
     seed: int | Sequence[int] | None = None,
     cond: Mapping[str, Any] | None = None,
@@ -139,16 +164,18 @@ def sample(
         model: a ``fewstep.Model``.
         noise: standard-normal noise (batch, ...); mapped to the schedule's starting state
             (itself for VP and flow, times sigma_max for EDM).
-        solver: a solver name (see ``fewstep.solvers.SOLVERS``) or instance; extra keyword
-            arguments configure it (e.g. ``order=3``).
-        nfe: the exact number of model calls.
+        solver: a solver name (see ``fewstep.solvers.SOLVERS``), ``"auto"`` (the measured
+            default for the schedule, see ``fewstep.defaults``) or a ``Solver``; extra
+            keyword arguments configure it (e.g. ``order=3``).
+        nfe: the exact number of model calls (default 10); adaptive solvers take a
+            tolerance instead and report the calls they made.
         spacing: a spacing name, a ``Spacing``, or explicit native times; None takes the
-            schedule's default.
+            solver's (for "auto") or the schedule's default.
         seed: per-sample seeds for solvers that draw noise.
         cond, uncond: keyword inputs of the model (unconditional ones for guidance).
         progress: show a progress bar over model calls.
         callback: called with a ``StepInfo`` after every step.
-        return_trajectory: return a ``Trajectory`` instead of the samples alone.
+        return_trajectory: return a ``Trajectory`` (states at every step end) instead.
     """
     if not isinstance(model, Model):
         raise ArgumentError(
@@ -160,28 +187,60 @@ def sample(
         raise ArgumentError("noise", "must be a floating-point tensor with a batch dimension")
     if noise.shape[0] < 1:
         raise ArgumentError("noise", "the batch is empty")
-    solver_obj, grid, program = plan(model, solver, nfe, spacing, **solver_options)
-    if seed is not None and not getattr(solver_obj, "stochastic", False):
+    solver_obj, sp = resolve(model, solver, spacing, **solver_options)
+    if seed is not None and not solver_obj.stochastic:
         raise ArgumentError(
             "seed",
             f"{solver_obj.name!r} is deterministic and draws no noise",
             "draw the starting noise with fewstep.randn(shape, seed) instead",
         )
     model.check_inputs(noise, cond, uncond)
-    x = noise.to(_state_dtype(noise)) * model.schedule.initial_scale(grid[0].t)
-    times = torch.tensor([p.t for p in grid.points], dtype=torch.float64)
-    states: list[Tensor] = []
+    landed: list[tuple[float, Tensor]] = []
+    count = [0]
 
-    def on_land(index: int, state: Tensor) -> None:
+    def on_land(t: float, state: Tensor) -> None:
         if return_trajectory:
-            states.append(state)
+            landed.append((t, state))
         if callback is not None:
-            callback(StepInfo(index, grid[index].t, state))
+            callback(StepInfo(count[0], t, state))
+        count[0] += 1
 
     calls_before = model.nfe
-    samples = run(model, program, x, cond=cond, uncond=uncond, progress=progress, on_land=on_land)
-    if model.nfe - calls_before != nfe:
-        raise FewstepError(f"internal: {model.nfe - calls_before} model calls made for nfe={nfe}")
+    if solver_obj.adaptive:
+        if nfe is not None:
+            raise ArgumentError(
+                "nfe",
+                f"{solver_obj.name!r} chooses its steps from rtol/atol",
+                "leave nfe unset; the calls made are reported in Trajectory.nfe and model.nfe",
+            )
+        schedule = model.schedule
+        times = sp.times(schedule, 2)
+        check_grid(schedule, times)
+        start, end = points(schedule, times)
+        model.check_start(start)
+        x = noise.to(_state_dtype(noise)) * schedule.initial_scale(start.t)
+        on_land(start.t, x)
+        guard = _FiniteGuard(x.device)
+        with tqdm(disable=not progress, desc="sampling", leave=False) as bar:
+            evaluate = _evaluator(model, guard, bar, cond, uncond)
+            samples, used = solver_obj.integrate(evaluate, x, schedule, start, end, on_land)
+        guard.finish()
+    else:
+        _, grid, program = plan(model, solver_obj, DEFAULT_NFE if nfe is None else nfe, sp)
+        x = noise.to(_state_dtype(noise)) * model.schedule.initial_scale(grid[0].t)
+        used = program.nfe
+        samples = run(
+            model,
+            program,
+            x,
+            cond=cond,
+            uncond=uncond,
+            progress=progress,
+            on_land=lambda index, state: on_land(grid[index].t, state),
+        )
+    if model.nfe - calls_before != used:
+        raise FewstepError(f"internal: {model.nfe - calls_before} model calls made, {used} planned")
     if return_trajectory:
-        return Trajectory(samples, states, times, nfe)
+        times = torch.tensor([t for t, _ in landed], dtype=torch.float64)
+        return Trajectory(samples, [state for _, state in landed], times, used)
     return samples

@@ -88,6 +88,11 @@ class NoiseSchedule(ABC):
         """Factor mapping standard-normal noise to the starting state at time ``t0``."""
         return 1.0
 
+    def kinks(self) -> tuple[float, ...]:
+        """Times where alpha and sigma are not smooth (the knots of a tabulated schedule);
+        quadrature over native time splits there."""
+        return ()
+
     def check_times(self, t: Tensor, argument: str = "times") -> None:
         """Raise ``ArgumentError`` unless every time lies in [t_min, t_max]."""
         tol = 1e-9 * max(1.0, abs(self.t_max))
@@ -268,6 +273,9 @@ class VPSchedule(_VariancePreserving):
                 # d lambda / d alpha = 1 / (alpha sigma^2); d alpha / dt = -alpha_last.
                 out[tail] = -self._alpha_last / (alpha * (1 - alpha**2))
         return out
+
+    def kinks(self) -> tuple[float, ...]:
+        return tuple(float(k) for k in range(1, self.num_train_timesteps - 1))
 
     def config(self) -> dict[str, Any]:
         return {"kind": "vp_discrete", "alphas_cumprod": self.alphas_cumprod.tolist()}

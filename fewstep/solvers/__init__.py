@@ -1,15 +1,40 @@
-"""The solver zoo: every solver by name, each a coefficient rule on one core."""
+"""The solver zoo: every solver by name, each a coefficient rule on one core.
+
+A name is a solver class with some settings fixed (``dpmpp_3m`` is DPM-Solver multistep in
+data form at order 3); further keyword options configure it (``order=``, ``solver_type=``,
+``corrector="unic"``, ...). ``"auto"`` is resolved per schedule by ``fewstep.defaults``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ArgumentError
-from .base import Grid, MultistepSolver, Solver
-from .classical import Euler
-from .exponential import DDIM
+from .adaptive import DPMSolverAdaptive
+from .base import Grid, MultistepSolver, SinglestepSolver, Solver
+from .classical import DPM2, IPNDM, LMS, Euler, Heun
+from .exponential import DDIM, DEIS, PNDM, DPMSolverMultistep, DPMSolverSinglestep
+from .unipc import UniC, UniPC
 
-SOLVERS: dict[str, type[Solver]] = {cls.name: cls for cls in (DDIM, Euler)}
+#: name -> (factory, settings the name fixes, defaults the user may override)
+SOLVERS: dict[str, tuple[Callable[..., Solver], dict[str, Any], dict[str, Any]]] = {
+    "ddim": (DDIM, {}, {}),
+    "dpm_solver": (DPMSolverSinglestep, {"form": "noise"}, {"order": 3}),
+    "dpmpp_2s": (DPMSolverSinglestep, {"form": "data", "order": 2}, {}),
+    "dpmpp_3s": (DPMSolverSinglestep, {"form": "data", "order": 3}, {}),
+    "dpmpp_2m": (DPMSolverMultistep, {"form": "data", "order": 2}, {}),
+    "dpmpp_3m": (DPMSolverMultistep, {"form": "data", "order": 3}, {"solver_type": "exact"}),
+    "deis": (DEIS, {}, {}),
+    "unipc": (UniPC, {}, {}),
+    "ipndm": (IPNDM, {}, {}),
+    "pndm": (PNDM, {}, {}),
+    "euler": (Euler, {}, {}),
+    "heun": (Heun, {}, {}),
+    "dpm2": (DPM2, {}, {}),
+    "lms": (LMS, {}, {}),
+    "dpm_adaptive": (DPMSolverAdaptive, {}, {}),
+}
 
 
 def get_solver(spec: str | Solver, **options: Any) -> Solver:
@@ -23,13 +48,40 @@ def get_solver(spec: str | Solver, **options: Any) -> Solver:
             )
         return spec
     if spec not in SOLVERS:
-        raise ArgumentError("solver", f"unknown {spec!r}", f"one of {sorted(SOLVERS)}")
+        raise ArgumentError("solver", f"unknown {spec!r}", f"one of {sorted(SOLVERS)} or 'auto'")
+    factory, fixed, defaults = SOLVERS[spec]
+    clash = sorted(set(options) & set(fixed))
+    if clash:
+        raise ArgumentError("solver options", f"{spec!r} fixes {clash}", "pick another solver name")
+    solver_obj = None
     try:
-        return SOLVERS[spec](**options)
+        solver_obj = factory(**{**defaults, **options, **fixed})
     except TypeError as err:
         raise ArgumentError(
             "solver options", f"{spec!r} does not take {sorted(options)}: {err}"
         ) from err
+    solver_obj.name = spec
+    return solver_obj
 
 
-__all__ = ["SOLVERS", "Grid", "MultistepSolver", "Solver", "get_solver"]
+__all__ = [
+    "DDIM",
+    "DEIS",
+    "DPM2",
+    "IPNDM",
+    "LMS",
+    "PNDM",
+    "SOLVERS",
+    "DPMSolverAdaptive",
+    "DPMSolverMultistep",
+    "DPMSolverSinglestep",
+    "Euler",
+    "Grid",
+    "Heun",
+    "MultistepSolver",
+    "SinglestepSolver",
+    "Solver",
+    "UniC",
+    "UniPC",
+    "get_solver",
+]
