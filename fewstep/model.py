@@ -220,12 +220,13 @@ class Model:
         raw = self._raw(x, t, cond, uncond)
         a, s = _per_sample(alpha, x), _per_sample(sigma, x)
         p = self.prediction
+        scalar = isinstance(a, float)
         if p == "epsilon":
             noise = raw
-            data = (x - s * noise) / a
+            data = torch.sub(x, raw, alpha=s).div_(a) if scalar else (x - s * raw) / a
         elif p == "sample":
             data = raw
-            noise = (x - a * data) / s
+            noise = torch.sub(x, raw, alpha=a).div_(s) if scalar else (x - a * raw) / s
         elif p == "score":
             noise = -s * raw
             data = (x - s * noise) / a

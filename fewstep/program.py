@@ -33,6 +33,17 @@ class Term:
 
 
 @dataclass(frozen=True)
+class Draw:
+    """A standard-normal draw, per sample: the ``index``-th draw of the program, for the
+    step from classical noise level ``tau0`` to ``tau1`` (a Brownian tree uses the interval,
+    independent noise the index)."""
+
+    index: int
+    tau0: float
+    tau1: float
+
+
+@dataclass(frozen=True)
 class Evaluate:
     """Call the model on register ``state`` at ``point``; ``step`` names it in errors."""
 
@@ -54,6 +65,7 @@ class Combine:
     scale: Coefficient
     terms: tuple[Term, ...]
     lands: int | None = None
+    draws: tuple[tuple[int, Coefficient], ...] = ()  # (draw index, coefficient)
 
 
 Instruction = Evaluate | Combine
@@ -67,6 +79,7 @@ class Program:
     output: int
     n_registers: int
     releases: tuple[tuple[int, ...], ...] = field(repr=False, default=())
+    draws: tuple[Draw, ...] = ()
 
     @property
     def nfe(self) -> int:
@@ -76,13 +89,21 @@ class Program:
     def evaluations(self) -> list[Evaluate]:
         return [ins for ins in self.instructions if isinstance(ins, Evaluate)]
 
+    @property
+    def stochastic(self) -> bool:
+        return bool(self.draws)
+
     def run(
         self,
         evaluate: Callable[[Tensor, Evaluate], Prediction],
         x: Tensor,
         on_land: Callable[[int, Tensor], None] | None = None,
+        noise: Callable[[Draw, Tensor], Tensor] | None = None,
     ) -> Tensor:
-        """Execute on start state ``x``; ``evaluate`` calls the model for one instruction."""
+        """Execute on start state ``x``; ``evaluate`` calls the model for one instruction,
+        ``noise(draw, like)`` supplies the standard-normal draws of stochastic programs."""
+        if self.draws and noise is None:
+            raise ValueError("this program draws noise: pass a noise source")
         registers: list[Tensor | None] = [None] * self.n_registers
         registers[0] = x
         results: list[Prediction | None] = []
@@ -92,7 +113,11 @@ class Program:
             if isinstance(ins, Evaluate):
                 results.append(evaluate(registers[ins.state], ins))
             else:
-                registers[ins.target] = combine(registers[ins.base], ins.scale, ins.terms, results)
+                out = combine(registers[ins.base], ins.scale, ins.terms, results)
+                for index, coef in ins.draws:
+                    z = noise(self.draws[index], out)
+                    out = out.add_(z, alpha=coef) if isinstance(coef, float) else out + coef * z
+                registers[ins.target] = out
                 if on_land is not None and ins.lands is not None:
                     on_land(ins.lands, registers[ins.target])
             for k in release:
@@ -123,6 +148,12 @@ class ProgramBuilder:
         self._instructions: list[Instruction] = []
         self._n_evaluations = 0
         self._n_registers = 1
+        self._draws: list[Draw] = []
+
+    def draw(self, tau0: float, tau1: float) -> int:
+        """A new standard-normal draw for the step between classical noise levels tau0, tau1."""
+        self._draws.append(Draw(len(self._draws), float(tau0), float(tau1)))
+        return len(self._draws) - 1
 
     def register(self) -> int:
         """A fresh scratch register (register 0 holds the sampler state)."""
@@ -141,14 +172,64 @@ class ProgramBuilder:
         scale: Coefficient,
         terms: Iterable[Term],
         lands: int | None = None,
+        draws: Iterable[tuple[int, Coefficient]] = (),
     ) -> None:
-        self._instructions.append(Combine(target, base, scale, tuple(terms), lands))
+        self._instructions.append(Combine(target, base, scale, tuple(terms), lands, tuple(draws)))
+
+    def inline(
+        self, program: Program, land_offset: int | None = 0, keep_output: bool = False
+    ) -> int:
+        """Append a compiled program acting on register 0, its evaluations, registers and
+        draws renumbered. Without ``keep_output`` its last evaluation (the data prediction
+        it would return) is left out, so the segment ends with its state in register 0.
+        ``land_offset`` shifts the grid indices its steps land on (None drops them).
+        Returns the new index of its output evaluation (-1 when left out)."""
+        registers = {0: 0}
+        sources: dict[int, int] = {}
+        draws: dict[int, int] = {}
+        evaluations = 0
+
+        def reg(r: int) -> int:
+            if r not in registers:
+                registers[r] = self.register()
+            return registers[r]
+
+        for ins in program.instructions:
+            if isinstance(ins, Evaluate):
+                if evaluations == program.output and not keep_output:
+                    evaluations += 1
+                    continue
+                sources[evaluations] = self.evaluate(reg(ins.state), ins.point, ins.step)
+                evaluations += 1
+                continue
+            for index, _ in ins.draws:
+                if index not in draws:
+                    d = program.draws[index]
+                    draws[index] = self.draw(d.tau0, d.tau1)
+            terms = [Term(sources[t.source], t.data, t.noise) for t in ins.terms]
+            lands = None if ins.lands is None or land_offset is None else ins.lands + land_offset
+            self.combine(
+                reg(ins.target),
+                reg(ins.base),
+                ins.scale,
+                terms,
+                lands,
+                [(draws[i], c) for i, c in ins.draws],
+            )
+        return sources.get(program.output, -1)
 
     def build(self, output: int) -> Program:
-        return with_releases(tuple(self._instructions), output, self._n_registers)
+        return with_releases(
+            tuple(self._instructions), output, self._n_registers, tuple(self._draws)
+        )
 
 
-def with_releases(instructions: tuple[Instruction, ...], output: int, n_registers: int) -> Program:
+def with_releases(
+    instructions: tuple[Instruction, ...],
+    output: int,
+    n_registers: int,
+    draws: tuple[Draw, ...] = (),
+) -> Program:
     """A program that frees each evaluation after its last use (bounded memory)."""
     last_use: dict[int, int] = {}
     k = 0
@@ -164,4 +245,4 @@ def with_releases(instructions: tuple[Instruction, ...], output: int, n_register
     for source, i in last_use.items():
         if i < len(instructions):
             releases[i].append(source)
-    return Program(instructions, output, n_registers, tuple(tuple(r) for r in releases))
+    return Program(instructions, output, n_registers, tuple(tuple(r) for r in releases), draws)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -13,6 +15,7 @@ from tqdm.auto import tqdm
 from . import defaults
 from .errors import ArgumentError, FewstepError, NonFiniteError
 from .model import Model, Point, Prediction, points
+from .noise import BrownianNoise, IndependentNoise, sample_seeds
 from .program import Program
 from .solvers import Grid, Solver, get_solver
 from .spacing import Spacing, check_grid, resolve_spacing
@@ -42,16 +45,22 @@ def resolve(
     model: Model,
     solver: str | Solver = "auto",
     spacing: str | Spacing | Sequence[float] | Tensor | np.ndarray | None = None,
+    nfe: int = DEFAULT_NFE,
     **solver_options: Any,
 ) -> tuple[Solver, Spacing]:
-    """The solver and spacing that ``sample`` would use (``"auto"`` resolved per schedule)."""
+    """The solver and spacing that ``sample`` would use (``"auto"`` resolved per schedule
+    family and nfe, see ``fewstep.defaults``)."""
     if isinstance(solver, str) and solver == "auto":
-        name, options, auto_spacing = defaults.auto(model.schedule)
+        name, options, auto_spacing = defaults.auto(model.schedule, nfe)
         solver = get_solver(name, **{**options, **solver_options})
         spacing = auto_spacing if spacing is None else spacing
     else:
         solver = get_solver(solver, **solver_options)
     return solver, resolve_spacing(spacing, model.schedule)
+
+
+_PLANS: OrderedDict = OrderedDict()
+_PLAN_CACHE_SIZE = 64
 
 
 def plan(
@@ -61,13 +70,30 @@ def plan(
     spacing: str | Spacing | Sequence[float] | Tensor | np.ndarray | None = None,
     **solver_options: Any,
 ) -> tuple[Solver, Grid, Program]:
-    """The solver, grid and compiled program that ``sample`` would run (no model calls)."""
+    """The solver, grid and compiled program that ``sample`` would run (no model calls).
+    Plans are pure functions of (schedule, solver settings, spacing, nfe) and are cached, so
+    repeated sampling with one configuration compiles once."""
     if isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)) or nfe < 1:
         raise ArgumentError("nfe", f"must be a positive integer, got {nfe!r}")
     nfe = int(nfe)
-    solver, sp = resolve(model, solver, spacing, **solver_options)
+    solver, sp = resolve(model, solver, spacing, nfe, **solver_options)
     if solver.adaptive:
         raise ArgumentError("solver", f"{solver.name!r} is adaptive and has no fixed plan")
+    key = (model.schedule, type(solver), solver.name, repr(solver.options()), sp, nfe)
+    cached = _PLANS.get(key)
+    if cached is not None:
+        _PLANS.move_to_end(key)
+        return cached
+    result = _compile_plan(model, solver, sp, nfe)
+    _PLANS[key] = result
+    if len(_PLANS) > _PLAN_CACHE_SIZE:
+        _PLANS.popitem(last=False)
+    return result
+
+
+def _compile_plan(
+    model: Model, solver: Solver, sp: Spacing, nfe: int
+) -> tuple[Solver, Grid, Program]:
     schedule = model.schedule
     n = solver.grid_size(nfe, singular_start=False)
     times = sp.times(schedule, n)
@@ -94,10 +120,10 @@ class _FiniteGuard:
         self.flags: list[tuple[Tensor, int, float]] = []
 
     def check(self, pred: Prediction, step: int, t: float) -> None:
-        ok = torch.isfinite(pred.data.sum())
+        total = pred.data.sum()  # NaN or inf anywhere makes the sum non-finite
         if self.deferred:
-            self.flags.append((ok, step, t))
-        elif not ok:
+            self.flags.append((torch.isfinite(total), step, t))
+        elif not math.isfinite(total.item()):
             raise NonFiniteError(step, t)
 
     def finish(self) -> None:
@@ -118,6 +144,26 @@ def _evaluator(model: Model, guard: _FiniteGuard, bar, cond, uncond):
     return evaluate
 
 
+def noise_source(
+    program: Program,
+    x: Tensor,
+    seed: int | Sequence[int] | None,
+    kind: str = "independent",
+    dtype: torch.dtype = torch.float32,
+):
+    """The per-sample noise a stochastic program draws: independent streams (sample i's
+    draw k from its seed and k) or Brownian trees over the classical noise level. Without a
+    seed the base seed comes from torch's global generator (so torch.manual_seed
+    reproduces a run)."""
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()))
+    seeds = sample_seeds(seed, x.shape[0])
+    if kind == "brownian":
+        taus = [t for d in program.draws for t in (d.tau0, d.tau1) if math.isfinite(t)]
+        return BrownianNoise(seeds, x.shape, min(taus) * 0.999, max(taus) * 1.001, dtype)
+    return IndependentNoise(seeds, dtype)
+
+
 def run(
     model: Model,
     program: Program,
@@ -127,12 +173,15 @@ def run(
     uncond: Mapping[str, Any] | None = None,
     progress: bool = False,
     on_land: Callable[[int, Tensor], None] | None = None,
+    noise: Callable | None = None,
 ) -> Tensor:
     """Run a compiled program from state x (gradients flow if enabled: the tuner uses this)."""
     guard = _FiniteGuard(x.device)
     with tqdm(total=program.nfe, disable=not progress, desc="sampling", leave=False) as bar:
         evaluate = _evaluator(model, guard, bar, cond, uncond)
-        out = program.run(lambda state, ins: evaluate(state, ins.point, ins.step), x, on_land)
+        out = program.run(
+            lambda state, ins: evaluate(state, ins.point, ins.step), x, on_land, noise
+        )
     guard.finish()
     return out
 
@@ -155,6 +204,7 @@ def sample(
     progress: bool = False,
     callback: Callable[[StepInfo], None] | None = None,
     return_trajectory: bool = False,
+    noise_dtype: torch.dtype = torch.float32,
     **solver_options: Any,
 ) -> Tensor | Trajectory:
     """Integrate the probability-flow ODE from ``noise`` and return the data prediction at
@@ -171,11 +221,13 @@ def sample(
             tolerance instead and report the calls they made.
         spacing: a spacing name, a ``Spacing``, or explicit native times; None takes the
             solver's (for "auto") or the schedule's default.
-        seed: per-sample seeds for solvers that draw noise.
+        seed: for solvers that draw noise: an int (sample i uses (seed, i)) or one seed per
+            sample; a sample's noise never depends on the batch it is in.
         cond, uncond: keyword inputs of the model (unconditional ones for guidance).
         progress: show a progress bar over model calls.
         callback: called with a ``StepInfo`` after every step.
         return_trajectory: return a ``Trajectory`` (states at every step end) instead.
+        noise_dtype: the precision stochastic solvers draw their noise in (on the CPU).
     """
     if not isinstance(model, Model):
         raise ArgumentError(
@@ -187,7 +239,9 @@ def sample(
         raise ArgumentError("noise", "must be a floating-point tensor with a batch dimension")
     if noise.shape[0] < 1:
         raise ArgumentError("noise", "the batch is empty")
-    solver_obj, sp = resolve(model, solver, spacing, **solver_options)
+    solver_obj, sp = resolve(
+        model, solver, spacing, DEFAULT_NFE if nfe is None else nfe, **solver_options
+    )
     if seed is not None and not solver_obj.stochastic:
         raise ArgumentError(
             "seed",
@@ -229,6 +283,10 @@ def sample(
         _, grid, program = plan(model, solver_obj, DEFAULT_NFE if nfe is None else nfe, sp)
         x = noise.to(_state_dtype(noise)) * model.schedule.initial_scale(grid[0].t)
         used = program.nfe
+        source = None
+        if program.stochastic:
+            kind = "brownian" if getattr(solver_obj, "brownian", False) else "independent"
+            source = noise_source(program, x, seed, kind, noise_dtype)
         samples = run(
             model,
             program,
@@ -236,6 +294,7 @@ def sample(
             cond=cond,
             uncond=uncond,
             progress=progress,
+            noise=source,
             on_land=lambda index, state: on_land(grid[index].t, state),
         )
     if model.nfe - calls_before != used:

@@ -147,6 +147,59 @@ class FlowShift(Spacing):
         return _pin_ends(schedule, shift_time(u, shift))
 
 
+def classical_sigma(schedule: NoiseSchedule, t) -> Tensor:
+    """tau = sigma / (alpha - k sigma), the noise level of the schedule's classical frame:
+    sigma / alpha for VP and EDM, t itself for rectified flow (finite at t = 1)."""
+    alpha, sigma = schedule.alpha_sigma(t)
+    return sigma / (alpha - schedule.classical_k * sigma)
+
+
+def t_of_classical_sigma(schedule: NoiseSchedule, tau) -> Tensor:
+    tau = as_float64(tau)
+    return schedule.t_of_edm_sigma(tau / (1 + schedule.classical_k * tau))
+
+
+@dataclass(frozen=True)
+class Warped(Spacing):
+    """fewstep's calibrated family: log tau (tau = ``classical_sigma``) moves from its start
+    to ``end`` along the Beta(a, b) distribution function of a uniform ramp. a = b = 1 is
+    uniform in log-SNR; a > 1 takes small steps at high noise, b > 1 small steps near the
+    end. ``end`` is the tau of the last point (None: the schedule's t_min); stopping above
+    t_min returns the data prediction there, which at very few steps is more accurate than
+    integrating on. The default spacing of ``solver="auto"`` is this family with parameters
+    fitted per NFE (``fewstep.defaults``)."""
+
+    a: float = 1.0
+    b: float = 1.0
+    end: float | None = None
+
+    def __post_init__(self):
+        if not (self.a > 0 and self.b > 0):
+            raise ArgumentError("Warped", f"a and b must be positive, got {self.a}, {self.b}")
+        if self.end is not None and not self.end > 0:
+            raise ArgumentError("Warped.end", f"must be a positive noise level, got {self.end}")
+
+    def times(self, schedule, n):
+        from scipy.special import betainc
+
+        hi = float(classical_sigma(schedule, schedule.t_max))
+        lo = float(classical_sigma(schedule, schedule.t_min))
+        end = lo if self.end is None else min(max(self.end, lo), hi)
+        if n == 1:
+            return as_float64([schedule.t_max])
+        u = np.linspace(0.0, 1.0, n)
+        warp = betainc(self.a, self.b, u)
+        log_tau = math.log(hi) + (math.log(end) - math.log(hi)) * warp
+        t = t_of_classical_sigma(schedule, np.exp(log_tau))
+        shift = getattr(schedule, "shift", 1.0)
+        if shift != 1.0:  # SD3/Flux resolution shift on top, as flow models expect
+            t = shift_time(t, shift)
+        t[0] = schedule.t_max
+        if self.end is None:
+            t[-1] = schedule.t_min
+        return t
+
+
 @dataclass(frozen=True)
 class Table(Spacing):
     """A tabulated schedule (e.g. an Align-Your-Steps table), interpolated to n points:

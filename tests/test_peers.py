@@ -237,3 +237,21 @@ def test_ddim_equals_diffusers(setups, spacing):
     b, calls = run_diffusers(s, model, noise, 10)
     a = fewstep.sample(model, noise, solver="ddim", nfe=10, spacing=spacing)
     assert calls == 10 and _rel(a, b) < 1e-6
+
+
+def test_classical_frame_equals_k_diffusion_on_flow():
+    """ComfyUI runs flow models through k-diffusion with sigma = t: its DPM-Solver++ steps
+    are then exponential in log t, which is fewstep's ``frame="classical"``."""
+    pb = problem("gmm-flow", dim=8, components=3, seed=2)
+    model, noise = pb.model(), pb.noise(4, seed=1)
+    times = fewstep.spacing.FlowShift().times(pb.schedule, N)
+    sigmas = kdiffusion_sigmas(pb.schedule, times)
+    for ours, peer, options in (
+        ("dpmpp_2m", "dpmpp_2m", {"lower_order_final": False}),
+        ("dpmpp_3m", "dpmpp_3m", {"solver_type": "heun", "lower_order_final": False}),
+    ):
+        a = fewstep.sample(
+            model, noise, solver=ours, nfe=N, spacing=times, frame="classical", **options
+        )
+        b = run_kdiffusion(peer, model, noise, sigmas)
+        assert _rel(a, b) < 1e-6

@@ -147,10 +147,36 @@ def kdiffusion_spacings(schedule: NoiseSchedule, n: int) -> dict[str, Tensor]:
         lo, hi = (float(schedule.edm_sigma(t)) for t in (schedule.t_min, schedule.t_max))
         uniform = torch.linspace(schedule.t_max, schedule.t_min, n, dtype=torch.float64)
         out = {"normal": schedule.edm_sigma(uniform)}
-    out["karras"] = sampling.get_sigmas_karras(n, lo, hi).double()[:-1]
-    out["exponential"] = sampling.get_sigmas_exponential(n, lo, hi).double()[:-1]
-    out["polyexponential"] = sampling.get_sigmas_polyexponential(n, lo, hi, rho=2.0).double()[:-1]
+    ays = ays_sigmas(schedule, n)
+    if ays is not None:
+        out["ays"] = ays
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # k-diffusion's ramps are float32 otherwise, and
+    try:  # their rounded end points fall outside the schedule's range
+        out["karras"] = sampling.get_sigmas_karras(n, lo, hi)[:-1]
+        out["exponential"] = sampling.get_sigmas_exponential(n, lo, hi)[:-1]
+        out["polyexponential"] = sampling.get_sigmas_polyexponential(n, lo, hi, rho=2.0)[:-1]
+    finally:
+        torch.set_default_dtype(default)
     return out
+
+
+def ays_sigmas(schedule: NoiseSchedule, n: int) -> Tensor | None:
+    """Align Your Steps' Stable Diffusion 1.5 sigmas (the table diffusers ships), the final 0
+    replaced by the schedule's smallest sigma as ComfyUI does, interpolated log-linearly to
+    n values (the AYS paper's rule); None for non-VP schedules or without diffusers."""
+    if not isinstance(schedule, VPSchedule):
+        return None
+    try:
+        table = list(
+            importlib.import_module("diffusers.schedulers").AysSchedules["StableDiffusionSigmas"]
+        )
+    except (ImportError, AttributeError, KeyError):
+        return None
+    lo, hi = (float(schedule.edm_sigma(t)) for t in (schedule.t_min, schedule.t_max))
+    values = np.clip(np.asarray([*table[:-1], lo], dtype=np.float64), lo, hi)
+    xs, new = np.linspace(0, 1, len(values)), np.linspace(0, 1, n)
+    return torch.from_numpy(np.exp(np.interp(new, xs, np.log(values))))
 
 
 # -- diffusers -------------------------------------------------------------------------------
@@ -231,7 +257,10 @@ DIFFUSERS_SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "dpmpp_2m": ("DPMSolverMultistepScheduler", {"solver_order": 2}),
     "dpmpp_3m": ("DPMSolverMultistepScheduler", {"solver_order": 3}),
     "dpmpp_2m_heun": ("DPMSolverMultistepScheduler", {"solver_order": 2, "solver_type": "heun"}),
-    "dpm_2m": ("DPMSolverMultistepScheduler", {"solver_order": 2, "algorithm_type": "dpmsolver"}),
+    "dpm_2m": (
+        "DPMSolverMultistepScheduler",  # noise prediction refuses a final sigma of 0
+        {"solver_order": 2, "algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"},
+    ),
     "dpmpp_2s": ("DPMSolverSinglestepScheduler", {"solver_order": 2}),
     "dpmpp_3s": ("DPMSolverSinglestepScheduler", {"solver_order": 3}),
     "deis_2": ("DEISMultistepScheduler", {"solver_order": 2}),

@@ -15,6 +15,8 @@ from .adaptive import DPMSolverAdaptive
 from .base import Grid, MultistepSolver, SinglestepSolver, Solver
 from .classical import DPM2, IPNDM, LMS, Euler, Heun
 from .exponential import DDIM, DEIS, PNDM, DPMSolverMultistep, DPMSolverSinglestep
+from .restart import Restart
+from .stochastic import ERSDE, DDIMEta, DPMPP2SAncestral, DPMSolverSDE, EulerAncestral, SASolver
 from .unipc import UniC, UniPC
 
 #: name -> (factory, settings the name fixes, defaults the user may override)
@@ -34,6 +36,18 @@ SOLVERS: dict[str, tuple[Callable[..., Solver], dict[str, Any], dict[str, Any]]]
     "dpm2": (DPM2, {}, {}),
     "lms": (LMS, {}, {}),
     "dpm_adaptive": (DPMSolverAdaptive, {}, {}),
+    # stochastic
+    "ddpm": (DDIMEta, {"eta": 1.0}, {}),
+    "ddim_eta": (DDIMEta, {}, {}),
+    "euler_ancestral": (EulerAncestral, {}, {}),
+    "dpmpp_2s_ancestral": (DPMPP2SAncestral, {}, {}),
+    "dpmpp_2m_sde": (DPMSolverSDE, {"order": 2}, {}),
+    # k-diffusion's damped third-order update: along a noisy SDE path the exact quadratic
+    # extrapolation amplifies the injected noise (tests/test_stochastic.py measures it)
+    "dpmpp_3m_sde": (DPMSolverSDE, {"order": 3}, {"solver_type": "heun"}),
+    "sa_solver": (SASolver, {}, {}),
+    "er_sde": (ERSDE, {}, {}),
+    "restart": (Restart, {}, {}),
 }
 
 

@@ -9,9 +9,10 @@ back to where higher order has no meaning (a step that starts at zero SNR).
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal, Protocol
 
 from ..errors import ArgumentError
@@ -19,7 +20,8 @@ from ..model import Point, points
 from ..program import Program, ProgramBuilder, Term
 from ..schedules import NoiseSchedule
 
-Step = tuple[float, list[Term]]  # (scale of the start state, terms over evaluations)
+Step = tuple[float, list[Term]]  # (scale of the start state, terms over evaluations); a
+# stochastic step appends the standard deviation of the fresh noise it adds
 Form = Literal["data", "noise"]
 
 
@@ -43,6 +45,22 @@ class Grid:
     def point_at_lam(self, lam: float) -> Point:
         """The point of the schedule at log-SNR ``lam`` (adaptive intermediate stages)."""
         return points(self.schedule, [float(self.schedule.t_of_lam(lam))])[0]
+
+
+def framed(grid: Grid, k: float) -> Grid:
+    """The grid as a data-form exponential integrator sees it in the classical frame of
+    slope k (``NoiseSchedule.classical_k``): alpha -> c = alpha - k sigma and
+    lambda -> log(c / sigma). The data-form step x_q = (sigma_q/sigma_p) x_p + c_q sum w D
+    is then exponential in -log(sigma / c): the same as the usual form for VP and EDM
+    (k = 0), exponential in log t on rectified flow (k = -1), as k-diffusion's samplers
+    are when ComfyUI runs flow models."""
+    if k == 0.0:
+        return grid
+    pts = []
+    for p in grid.points:
+        c = p.alpha - k * p.sigma
+        pts.append(replace(p, alpha=c, lam=math.log(c / p.sigma)))
+    return Grid(grid.schedule, tuple(pts))
 
 
 def zero_snr(point: Point) -> bool:
@@ -91,11 +109,21 @@ class Solver(ABC):
         grid starts (or not) at a point where this solver is singular."""
         return nfe
 
+    #: "logsnr": exponential in log(alpha / sigma); "classical": in the classical frame
+    #: (see ``framed``; only data-form exponential solvers offer the choice)
+    frame: str = "logsnr"
+
     def singular(self, schedule: NoiseSchedule, point: Point) -> bool:
         """Whether this solver's rule is undefined at ``point`` beyond first order (zero SNR
         for exponential integrators): a step starting there is taken as DDIM, and the
         evaluation there does not enter higher-order rules."""
+        if self.frame == "classical":
+            return point.alpha - schedule.classical_k * point.sigma == 0.0
         return zero_snr(point)
+
+    def coefficient_grid(self, grid: Grid) -> Grid:
+        """The points the coefficient rules see (the model is evaluated at the real ones)."""
+        return framed(grid, grid.schedule.classical_k) if self.frame == "classical" else grid
 
     @abstractmethod
     def compile(self, grid: Grid, nfe: int) -> Program:
@@ -109,6 +137,16 @@ class Solver(ABC):
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         return f"{type(self).__name__}({opts})"
+
+
+def two_call_plan(nfe: int, singular_start: bool) -> tuple[int, int]:
+    """(steps, single-call steps) for a sampler with two model calls per step, plus the final
+    data prediction: an even budget, or a start where only a one-call step is defined, makes
+    the first steps single-call ones."""
+    if nfe <= 1:
+        return 0, 0
+    steps = math.ceil((nfe - 1 + singular_start) / 2)
+    return steps, 2 * steps - (nfe - 1)
 
 
 class Corrector(Protocol):
@@ -157,6 +195,10 @@ class MultistepSolver(Solver):
         """(scale, terms) of the step from grid[i] to grid[i + 1] using ``order`` evaluations
         history[i], history[i - 1], ... (``history[k]`` was made at grid point k)."""
 
+    def first_order(self, grid: Grid, i: int, source: int) -> Step:
+        """The step taken where the rule is singular (from zero SNR): DDIM."""
+        return ddim_step(grid[i], grid[i + 1], source)
+
     def warmup_stage(self, grid: Grid, a: int, k: int, j: int, sources: Sequence[int]) -> Step:
         """The singlestep warm-up rule (see ``SinglestepSolver.stage``)."""
         raise ArgumentError(
@@ -165,6 +207,7 @@ class MultistepSolver(Solver):
 
     def compile(self, grid: Grid, nfe: int) -> Program:
         b = ProgramBuilder()
+        coef = self.coefficient_grid(grid)
         predicted = b.register()
         history = [b.evaluate(0, grid[0], 0)]
         n, i = len(grid), 0
@@ -177,28 +220,46 @@ class MultistepSolver(Solver):
                     k = min(k, 2)
                 sources = [history[i]]
                 for j in range(1, k):
-                    b.combine(predicted, 0, *self.warmup_stage(grid, i, k, j, sources))
+                    b.combine(predicted, 0, *self.warmup_stage(coef, i, k, j, sources))
                     sources.append(b.evaluate(predicted, grid[i + j], i + j))
                     history.append(sources[-1])
                 if k > 1:
-                    b.combine(0, 0, *self.warmup_stage(grid, i, k, k, sources), lands=i + k)
+                    b.combine(0, 0, *self.warmup_stage(coef, i, k, k, sources), lands=i + k)
                     history.append(b.evaluate(0, grid[i + k], i + k))
                     i, warm = i + k, False
                     continue
-            order = 1 if singular else self.step_order(grid, i)
-            if singular:
-                scale, terms = ddim_step(grid[i], grid[i + 1], history[i])
-            else:
-                scale, terms = self.step(grid, i, history, order)
-            correct = self.corrector is not None and i < n - 2 and not zero_snr(grid[i])
+            order = 1 if singular else self.step_order(coef, i)
+            step = (
+                self.first_order(coef, i, history[i])
+                if singular
+                else self.step(coef, i, history, order)
+            )
+            draws = _draws(b, grid, i, step)
+            correct = self.corrector is not None and i < n - 2 and not zero_snr(coef[i])
             target = predicted if correct else 0
-            b.combine(target, 0, scale, terms, lands=None if correct else i + 1)
+            b.combine(target, 0, step[0], step[1], lands=None if correct else i + 1, draws=draws)
             history.append(b.evaluate(target, grid[i + 1], i + 1))
             if correct:
-                scale, terms = self.corrector.correct(grid, i, history, order)
-                b.combine(0, 0, scale, terms, lands=i + 1)
+                step = self.corrector.correct(coef, i, history, order)
+                same = [(d, step[2]) for d, _ in draws] if len(step) > 2 else []
+                b.combine(0, 0, step[0], step[1], lands=i + 1, draws=same)
             i += 1
         return b.build(history[-1])
+
+
+def classical_tau(schedule: NoiseSchedule, point: Point) -> float:
+    """sigma / (alpha - k sigma): the noise level a Brownian tree is indexed by."""
+    c = point.alpha - schedule.classical_k * point.sigma
+    return math.inf if c == 0 else point.sigma / c
+
+
+def _draws(b: ProgramBuilder, grid: Grid, i: int, step) -> list[tuple[int, float]]:
+    """A fresh draw for a stochastic step (one that carries a noise std), else none."""
+    if len(step) < 3 or step[2] == 0.0:
+        return []
+    tau0 = classical_tau(grid.schedule, grid[i])
+    tau1 = classical_tau(grid.schedule, grid[i + 1])
+    return [(b.draw(tau0, tau1), step[2])]
 
 
 class SinglestepSolver(Solver):
@@ -239,17 +300,18 @@ class SinglestepSolver(Solver):
 
     def compile(self, grid: Grid, nfe: int) -> Program:
         b = ProgramBuilder()
+        coef = self.coefficient_grid(grid)
         scratch = b.register()
         a = 0
         for k in self.plan_orders(len(grid) - 1, self.singular(grid.schedule, grid[0])):
             sources = [b.evaluate(0, grid[a], a)]
             for j in range(1, k):
-                b.combine(scratch, 0, *self.stage(grid, a, k, j, sources))
+                b.combine(scratch, 0, *self.stage(coef, a, k, j, sources))
                 sources.append(b.evaluate(scratch, grid[a + j], a + j))
             if k == 1 and self.singular(grid.schedule, grid[a]):
-                scale, terms = ddim_step(grid[a], grid[a + 1], sources[0])
+                scale, terms = ddim_step(coef[a], coef[a + 1], sources[0])
             else:
-                scale, terms = self.stage(grid, a, k, k, sources)
+                scale, terms = self.stage(coef, a, k, k, sources)
             b.combine(0, 0, scale, terms, lands=a + k)
             a += k
         return b.build(b.evaluate(0, grid[-1], len(grid) - 1))

@@ -12,8 +12,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import ArgumentError
 from ..integrals import plain_weights
-from ..model import Point
+from ..model import Point, points
 from ..program import ProgramBuilder, Term
 from .base import (
     Grid,
@@ -24,6 +25,7 @@ from .base import (
     check_choice,
     check_order,
     ddim_step,
+    two_call_plan,
 )
 from .exponential import ADAMS_BASHFORTH, WARMUPS
 from .unipc import UniC, make_corrector
@@ -61,19 +63,93 @@ class Classical:
         return classical_step(kk, grid[a], grid[a + j], list(zip(sources, weights, strict=False)))
 
 
-class Euler(Classical, MultistepSolver):
-    """Euler's method in the classical space (Karras et al., Algorithm 1 without churn).
-    In exact arithmetic it coincides with DDIM; it is kept as its own rule because it is
-    what k-diffusion and flow-matching schedulers call Euler."""
+class Churn:
+    """EDM's stochastic churn (Karras et al., Algorithm 2), shared by Euler and Heun: before
+    step i, raise the noise level sigma (= sigma/alpha) to sigma_hat = sigma (1 + gamma) with
+    fresh noise, gamma = min(s_churn / n, sqrt(2) - 1) where s_tmin <= sigma <= s_tmax (n the
+    grid size, k-diffusion's convention), evaluate there and step on. sigma_hat is capped at
+    the schedule's largest noise level, where the model is defined."""
+
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = math.inf
+    s_noise: float = 1.0
+    brownian: bool = False
+
+    def _set_churn(self, s_churn, s_tmin, s_tmax, s_noise, brownian):
+        if s_churn < 0 or s_noise < 0:
+            raise ArgumentError("s_churn", "s_churn and s_noise must be non-negative")
+        self.s_churn, self.s_tmin, self.s_tmax = float(s_churn), float(s_tmin), float(s_tmax)
+        self.s_noise = float(s_noise)
+        self.brownian = bool(brownian)
+        self.stochastic = self.s_churn > 0
+
+    def churn_options(self) -> dict[str, Any]:
+        return {
+            "s_churn": self.s_churn,
+            "s_tmin": self.s_tmin,
+            "s_tmax": self.s_tmax,
+            "s_noise": self.s_noise,
+            "brownian": self.brownian,
+        }
+
+    def churn(self, b: ProgramBuilder, grid: Grid, i: int) -> Point:
+        """Add the churn noise to register 0 before grid point i; the point to evaluate at."""
+        p = grid[i]
+        ve = p.sigma / p.alpha if p.alpha else math.inf
+        if self.s_churn == 0 or not self.s_tmin <= ve <= self.s_tmax or math.isinf(ve):
+            return p
+        gamma = min(self.s_churn / len(grid), math.sqrt(2) - 1)
+        top = float(grid.schedule.edm_sigma(grid.schedule.t_max))
+        hat = min(ve * (1 + gamma), top)
+        if hat <= ve:
+            return p
+        ph = points(grid.schedule, grid.schedule.t_of_edm_sigma(hat))[0]
+        draw = b.draw(hat, ve)
+        std = ph.alpha * math.sqrt(hat**2 - ve**2) * self.s_noise
+        b.combine(0, 0, ph.alpha / p.alpha, [], draws=[(draw, std)])
+        return ph
+
+
+class Euler(Churn, Classical, MultistepSolver):
+    """Euler's method in the classical space (Karras et al., Algorithm 2 with optional
+    churn). In exact arithmetic it coincides with DDIM; it is kept as its own rule because
+    it is what k-diffusion and flow-matching schedulers call Euler."""
 
     name = "euler"
     order = 1
 
-    def __init__(self, corrector: str | UniC | None = None):
+    def __init__(
+        self,
+        corrector: str | UniC | None = None,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = math.inf,
+        s_noise: float = 1.0,
+        brownian: bool = False,
+    ):
         self.corrector = make_corrector(corrector)
+        self._set_churn(s_churn, s_tmin, s_tmax, s_noise, brownian)
 
     def options(self) -> dict[str, Any]:
-        return {"corrector": self.corrector}
+        return {"corrector": self.corrector, **self.churn_options()}
+
+    def compile(self, grid: Grid, nfe: int):
+        if not self.stochastic:
+            return super().compile(grid, nfe)
+        k = grid.schedule.classical_k
+        b = ProgramBuilder()
+        for i in range(len(grid) - 1):
+            p, q = self.churn(b, grid, i), grid[i + 1]
+            e0 = b.evaluate(0, p, i)
+            step = (
+                ddim_step(p, q, e0)
+                if self.singular(grid.schedule, p)
+                else (classical_step(k, p, q, [(e0, frame(k, q)[1] - frame(k, p)[1])]))
+            )
+            b.combine(0, 0, *step, lands=i + 1)
+        last = self.churn(b, grid, len(grid) - 1)
+        return b.build(b.evaluate(0, last, len(grid) - 1))
 
     def step(self, grid: Grid, i: int, history: Sequence[int], order: int) -> Step:
         k = grid.schedule.classical_k
@@ -162,7 +238,7 @@ class DPM2(Classical, SinglestepSolver):
         return classical_step(kk, grid[a], grid[a + j], [(source, dtau)])
 
 
-class Heun(Classical, Solver):
+class Heun(Churn, Classical, Solver):
     """Heun's method (Karras et al., Algorithm 1): Euler to the next point, evaluate there,
     step with the average slope. Two model calls per step, so it visits (nfe + 1) / 2
     points; an even budget makes the first step a single Euler step (where the ODE is
@@ -171,23 +247,32 @@ class Heun(Classical, Solver):
     name = "heun"
     order = 2
 
-    def _euler_steps(self, nfe: int, singular_start: bool) -> tuple[int, int]:
-        steps = math.ceil((nfe - 1 + singular_start) / 2)
-        return steps, 2 * steps - (nfe - 1)
+    def __init__(
+        self,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = math.inf,
+        s_noise: float = 1.0,
+        brownian: bool = False,
+    ):
+        self._set_churn(s_churn, s_tmin, s_tmax, s_noise, brownian)
+
+    def options(self) -> dict[str, Any]:
+        return self.churn_options()
 
     def grid_size(self, nfe: int, singular_start: bool) -> int:
-        return self._euler_steps(nfe, singular_start)[0] + 1
+        return two_call_plan(nfe, singular_start)[0] + 1
 
     def compile(self, grid: Grid, nfe: int):
         k = grid.schedule.classical_k
-        _, euler = self._euler_steps(nfe, self.singular(grid.schedule, grid[0]))
+        _, euler = two_call_plan(nfe, self.singular(grid.schedule, grid[0]))
         b = ProgramBuilder()
         scratch = b.register()
         for i in range(len(grid) - 1):
-            p, q = grid[i], grid[i + 1]
+            p, q = self.churn(b, grid, i), grid[i + 1]
             e0 = b.evaluate(0, p, i)
             singular = self.singular(grid.schedule, p)
-            dtau = None if singular else _tau(grid, i + 1) - _tau(grid, i)
+            dtau = None if singular else frame(k, q)[1] - frame(k, p)[1]
             if i < euler:
                 step = ddim_step(p, q, e0) if singular else classical_step(k, p, q, [(e0, dtau)])
                 b.combine(0, 0, *step, lands=i + 1)
@@ -195,4 +280,5 @@ class Heun(Classical, Solver):
             b.combine(scratch, 0, *classical_step(k, p, q, [(e0, dtau)]))
             e1 = b.evaluate(scratch, q, i + 1)
             b.combine(0, 0, *classical_step(k, p, q, [(e0, dtau / 2), (e1, dtau / 2)]), lands=i + 1)
-        return b.build(b.evaluate(0, grid[-1], len(grid) - 1))
+        last = self.churn(b, grid, len(grid) - 1)
+        return b.build(b.evaluate(0, last, len(grid) - 1))

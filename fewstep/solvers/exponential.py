@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from ..errors import ArgumentError
 from ..integrals import (
     exponential_moments,
     exponential_weights,
@@ -62,6 +63,15 @@ def exact_singlestep_stage(grid: Grid, a: int, j: int, sources: Sequence[int], f
     return exponential_step(p, q, list(sources[:j]), weights, form)
 
 
+def check_frame(frame: str, form: str) -> str:
+    check_choice("frame", frame, ("logsnr", "classical"))
+    if frame == "classical" and form != "data":
+        raise ArgumentError(
+            "frame", "the classical frame is defined for data-form solvers", "form='data'"
+        )
+    return frame
+
+
 class DDIM(MultistepSolver):
     """DDIM (Song et al., 2021): the first-order exponential integrator in data form;
     identical to DPM-Solver-1, DPM-Solver++1 and, in exact arithmetic, to Euler."""
@@ -92,9 +102,11 @@ class DPMSolverMultistep(MultistepSolver):
         lower_order_final: bool = True,
         corrector: str | UniC | None = None,
         warmup: str = "lower_order",
+        frame: str = "logsnr",
     ):
         self.order = check_order(order, 1, 3)
         self.form = check_choice("form", form, ("data", "noise"))
+        self.frame = check_frame(frame, self.form)
         self.solver_type = check_choice("solver_type", solver_type, ("midpoint", "heun", "exact"))
         self.lower_order_final = bool(lower_order_final)
         self.corrector = make_corrector(corrector)
@@ -108,6 +120,7 @@ class DPMSolverMultistep(MultistepSolver):
             "lower_order_final": self.lower_order_final,
             "corrector": self.corrector,
             "warmup": self.warmup,
+            "frame": self.frame,
         }
 
     def warmup_stage(self, grid: Grid, a: int, k: int, j: int, sources: Sequence[int]) -> Step:
@@ -202,9 +215,11 @@ class DPMSolverSinglestep(SinglestepSolver):
         form: Form = "noise",
         solver_type: str = "paper",
         orders: Sequence[int] | None = None,
+        frame: str = "logsnr",
     ):
         self.order = check_order(order, 1, 3)
         self.form = check_choice("form", form, ("data", "noise"))
+        self.frame = check_frame(frame, self.form)
         self.solver_type = check_choice("solver_type", solver_type, ("paper", "midpoint", "heun"))
         self.orders = None if orders is None else tuple(int(k) for k in orders)
 
@@ -214,6 +229,7 @@ class DPMSolverSinglestep(SinglestepSolver):
             "form": self.form,
             "solver_type": self.solver_type,
             "orders": self.orders,
+            "frame": self.frame,
         }
 
     def stage(self, grid: Grid, a: int, k: int, j: int, sources: Sequence[int]) -> Step:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ArgumentError
 from ..integrals import expm1, exponential_weights, solve_small
 from ..model import Point
 from .base import Form, Grid, MultistepSolver, Step, check_choice, check_order, exponential_step
@@ -116,6 +117,7 @@ class UniPC(MultistepSolver):
         lower_order_final: bool = True,
         corrector: str | UniC | None = "unic",
         warmup: str = "lower_order",
+        frame: str = "logsnr",
     ):
         self.order = check_order(order, 1, 3)
         self.variant = check_choice("variant", variant, ("bh1", "bh2"))
@@ -123,6 +125,9 @@ class UniPC(MultistepSolver):
         self.lower_order_final = bool(lower_order_final)
         self.corrector = make_corrector(corrector, variant, form)
         self.warmup = check_choice("warmup", warmup, ("lower_order", "singlestep"))
+        self.frame = check_choice("frame", frame, ("logsnr", "classical"))
+        if self.frame == "classical" and self.form != "data":
+            raise ArgumentError("frame", "the classical frame is defined for data-form solvers")
 
     def options(self) -> dict[str, Any]:
         return {
@@ -132,6 +137,7 @@ class UniPC(MultistepSolver):
             "lower_order_final": self.lower_order_final,
             "corrector": self.corrector,
             "warmup": self.warmup,
+            "frame": self.frame,
         }
 
     def step(self, grid: Grid, i: int, history: Sequence[int], order: int) -> Step:
