@@ -42,13 +42,28 @@ FAMILIES = {
     "edm": (lambda: fewstep.EDMSchedule(), "sample"),
 }
 CANDIDATES = {
-    "vp": [("unipc", {"order": 2}), ("unipc", {"order": 3}), ("deis", {"variant": "logrho"}),
-           ("dpmpp_3m", {}), ("dpmpp_2m", {})],
-    "edm": [("unipc", {"order": 2}), ("unipc", {"order": 3}), ("deis", {"variant": "logrho"}),
-            ("dpmpp_3m", {}), ("dpmpp_2m", {})],
-    "flow": [("unipc", {"order": 2, "frame": "classical"}), ("unipc", {"order": 3, "frame": "classical"}),
-             ("dpmpp_2m", {"frame": "classical"}), ("dpmpp_3m", {"frame": "classical"}),
-             ("deis", {}), ("lms", {})],
+    "vp": [
+        ("unipc", {"order": 2}),
+        ("unipc", {"order": 3}),
+        ("deis", {"variant": "logrho"}),
+        ("dpmpp_3m", {}),
+        ("dpmpp_2m", {}),
+    ],
+    "edm": [
+        ("unipc", {"order": 2}),
+        ("unipc", {"order": 3}),
+        ("deis", {"variant": "logrho"}),
+        ("dpmpp_3m", {}),
+        ("dpmpp_2m", {}),
+    ],
+    "flow": [
+        ("unipc", {"order": 2, "frame": "classical"}),
+        ("unipc", {"order": 3, "frame": "classical"}),
+        ("dpmpp_2m", {"frame": "classical"}),
+        ("dpmpp_3m", {"frame": "classical"}),
+        ("deis", {}),
+        ("lms", {}),
+    ],
 }
 
 
@@ -58,7 +73,9 @@ def objective(problems, solver, options, nfe, params):
     logs = []
     for pb, noise, ref in problems:
         try:
-            x = fewstep.sample(pb.model(), noise, solver=solver, nfe=nfe, spacing=spacing, **options)
+            x = fewstep.sample(
+                pb.model(), noise, solver=solver, nfe=nfe, spacing=spacing, **options
+            )
         except fewstep.FewstepError:
             return math.inf
         err = float(rmse(x, ref).mean())
@@ -70,36 +87,55 @@ def calibrate(family: str, samples: int, nfes, maxiter: int):
     make, prediction = FAMILIES[family]
     problems = []
     for dim, comp, seed in CALIBRATION:
-        pb = Problem(f"cal-{dim}-{comp}", GaussianMixture.random(dim, comp, seed), make(), prediction)
+        pb = Problem(
+            f"cal-{dim}-{comp}", GaussianMixture.random(dim, comp, seed), make(), prediction
+        )
         noise = pb.noise(samples, seed=seed)
         problems.append((pb, noise, pb.reference(noise)))
     schedule = problems[0][0].schedule
     lo = float(classical_sigma(schedule, schedule.t_min))
     hi = float(classical_sigma(schedule, schedule.t_max))
-    screen = list(itertools.product(
-        [math.log(v) for v in (0.7, 1.0, 1.5)],
-        [math.log(v) for v in (0.7, 1.0, 1.5)],
-        [math.log(lo * f) for f in (1.0, 3.0, 10.0, 30.0) if lo * f < hi],
-    ))
+    screen = list(
+        itertools.product(
+            [math.log(v) for v in (0.7, 1.0, 1.5)],
+            [math.log(v) for v in (0.7, 1.0, 1.5)],
+            [math.log(lo * f) for f in (1.0, 3.0, 10.0, 30.0) if lo * f < hi],
+        )
+    )
     table = {}
     for nfe in nfes:
         best = None
         for solver, options in CANDIDATES[family]:
             start = min(screen, key=lambda p: objective(problems, solver, options, nfe, p))
             simplex = np.array([start] + [np.add(start, 0.3 * np.eye(3)[i]) for i in range(3)])
-            res = minimize(lambda p: objective(problems, solver, options, nfe, p), start,
-                           method="Nelder-Mead",
-                           options={"maxiter": maxiter, "xatol": 0.02, "fatol": 1e-3,
-                                    "initial_simplex": simplex})
+            res = minimize(
+                lambda p: objective(problems, solver, options, nfe, p),
+                start,
+                method="Nelder-Mead",
+                options={
+                    "maxiter": maxiter,
+                    "xatol": 0.02,
+                    "fatol": 1e-3,
+                    "initial_simplex": simplex,
+                },
+            )
             value = float(res.fun)
             if best is None or value < best["log_error"]:
                 a, b, end = (math.exp(v) for v in res.x)
-                best = dict(solver=solver, options=options, a=a, b=b,
-                            end=None if end <= lo * 1.0001 else end, log_error=value)
+                best = dict(
+                    solver=solver,
+                    options=options,
+                    a=a,
+                    b=b,
+                    end=None if end <= lo * 1.0001 else end,
+                    log_error=value,
+                )
         table[nfe] = best
-        print(f"[{family}] NFE {nfe:3d}: {best['solver']} {best['options']} a={best['a']:.3f} "
-              f"b={best['b']:.3f} end={best['end']} geo-mean RMSE {math.exp(best['log_error']):.3e}",
-              flush=True)
+        print(
+            f"[{family}] NFE {nfe:3d}: {best['solver']} {best['options']} a={best['a']:.3f} "
+            f"b={best['b']:.3f} end={best['end']} geo-mean RMSE {math.exp(best['log_error']):.3e}",
+            flush=True,
+        )
     return table
 
 
@@ -114,14 +150,32 @@ def main() -> None:
     start = time.perf_counter()
     out = {}
     for family in args.family:
-        out[family] = calibrate(family, 16 if args.quick else args.samples, nfes,
-                                5 if args.quick else args.maxiter)
+        out[family] = calibrate(
+            family, 16 if args.quick else args.samples, nfes, 5 if args.quick else args.maxiter
+        )
     print(f"{(time.perf_counter() - start) / 60:.1f} min")
-    print("AUTO_TABLE = " + json.dumps(
-        {f: {n: [r["solver"], r["options"], round(r["a"], 4), round(r["b"], 4),
-                 None if r["end"] is None else round(r["end"], 5)] for n, r in t.items()}
-         for f, t in out.items()}, indent=1))
-    atomic_write_text(Path(__file__).parent / "results" / "calibration.json", json.dumps(out, indent=1))
+    print(
+        "AUTO_TABLE = "
+        + json.dumps(
+            {
+                f: {
+                    n: [
+                        r["solver"],
+                        r["options"],
+                        round(r["a"], 4),
+                        round(r["b"], 4),
+                        None if r["end"] is None else round(r["end"], 5),
+                    ]
+                    for n, r in t.items()
+                }
+                for f, t in out.items()
+            },
+            indent=1,
+        )
+    )
+    atomic_write_text(
+        Path(__file__).parent / "results" / "calibration.json", json.dumps(out, indent=1)
+    )
 
 
 if __name__ == "__main__":

@@ -88,13 +88,25 @@ def run_fewstep(pb, noise, ref, nfes, rows, quick):
             for nfe in nfes:
                 start = time.perf_counter()
                 try:
-                    x = fewstep.sample(model, noise, solver=solver, nfe=nfe, spacing=spacing, **options)
+                    x = fewstep.sample(
+                        model, noise, solver=solver, nfe=nfe, spacing=spacing, **options
+                    )
                 except fewstep.FewstepError:
                     continue
                 mean, median = _rmse(x, ref)
-                rows.append(dict(problem=pb.name, library="fewstep", sampler=label(solver, options),
-                                 spacing=spacing or "auto", nfe=nfe, calls=nfe, mean=mean,
-                                 median=median, seconds=time.perf_counter() - start))
+                rows.append(
+                    dict(
+                        problem=pb.name,
+                        library="fewstep",
+                        sampler=label(solver, options),
+                        spacing=spacing or "auto",
+                        nfe=nfe,
+                        calls=nfe,
+                        mean=mean,
+                        median=median,
+                        seconds=time.perf_counter() - start,
+                    )
+                )
 
 
 def _kd_n_for_budget(name, budget):
@@ -120,9 +132,19 @@ def run_kdiffusion(pb, noise, ref, nfes, rows):
                     continue
                 calls = model.nfe - before
                 mean, median = _rmse(x, ref)
-                rows.append(dict(problem=pb.name, library="k-diffusion", sampler=name, spacing=spacing,
-                                 nfe=nfe, calls=calls, mean=mean, median=median,
-                                 seconds=time.perf_counter() - start))
+                rows.append(
+                    dict(
+                        problem=pb.name,
+                        library="k-diffusion",
+                        sampler=name,
+                        spacing=spacing,
+                        nfe=nfe,
+                        calls=calls,
+                        mean=mean,
+                        median=median,
+                        seconds=time.perf_counter() - start,
+                    )
+                )
 
 
 def _diffusers_steps_for_budget(make, budget):
@@ -167,8 +189,13 @@ def run_diffusers(pb, noise, ref, nfes, rows):
     samplers = P.DIFFUSERS_FLOW_SAMPLERS if flow else P.DIFFUSERS_SAMPLERS
     for name, (cls, config) in samplers.items():
         spacings = {"default": {}} if flow else {}
-        spacings.update({k: v for k, v in P.DIFFUSERS_SPACINGS.items()
-                         if not (flow and k in {"linspace", "leading", "trailing"})})
+        spacings.update(
+            {
+                k: v
+                for k, v in P.DIFFUSERS_SPACINGS.items()
+                if not (flow and k in {"linspace", "leading", "trailing"})
+            }
+        )
         try:
             probe = P.diffusers_scheduler(cls, pb.schedule, pb.prediction, **config)
         except Exception as err:  # noqa: BLE001
@@ -177,6 +204,7 @@ def run_diffusers(pb, noise, ref, nfes, rows):
         if not flow and _accepts_grid(probe):
             spacings["ays"] = {}
         for spacing, extra in spacings.items():
+
             def make(cls=cls, config=config, extra=extra):
                 return P.diffusers_scheduler(cls, pb.schedule, pb.prediction, **config, **extra)
 
@@ -193,20 +221,34 @@ def run_diffusers(pb, noise, ref, nfes, rows):
                 start = time.perf_counter()
                 try:
                     if spacing == "ays":
-                        x, calls = P.run_diffusers(_with_ays(make(), pb.schedule, steps), model, noise)
+                        x, calls = P.run_diffusers(
+                            _with_ays(make(), pb.schedule, steps), model, noise
+                        )
                     else:
                         x, calls = P.run_diffusers(make(), model, noise, steps)
                 except Exception as err:  # noqa: BLE001
                     FAILURES.append(f"{pb.name} diffusers {name} {spacing} NFE {nfe}: {err}")
                     continue
                 if not torch.isfinite(x).all():
-                    FAILURES.append(f"{pb.name} diffusers {name} {spacing} NFE {nfe}: non-finite output")
+                    FAILURES.append(
+                        f"{pb.name} diffusers {name} {spacing} NFE {nfe}: non-finite output"
+                    )
                     mean = median = float("nan")
                 else:
                     mean, median = _rmse(x, ref)
-                rows.append(dict(problem=pb.name, library="diffusers", sampler=name, spacing=spacing,
-                                 nfe=nfe, calls=calls, mean=mean, median=median,
-                                 seconds=time.perf_counter() - start))
+                rows.append(
+                    dict(
+                        problem=pb.name,
+                        library="diffusers",
+                        sampler=name,
+                        spacing=spacing,
+                        nfe=nfe,
+                        calls=calls,
+                        mean=mean,
+                        median=median,
+                        seconds=time.perf_counter() - start,
+                    )
+                )
 
 
 # -- overhead ------------------------------------------------------------------------------
@@ -241,8 +283,9 @@ def measure_overhead(pb, noise, steps=50, repeats=7):
     free = lambda x, t, **_: out  # noqa: E731
     model = fewstep.Model(free, pb.schedule, pb.prediction)
     sched = pb.schedule
-    times = fewstep.spacing.resolve_spacing("karras" if not isinstance(sched, FlowSchedule) else None,
-                                            sched).times(sched, steps)
+    times = fewstep.spacing.resolve_spacing(
+        "karras" if not isinstance(sched, FlowSchedule) else None, sched
+    ).times(sched, steps)
     sigmas = P.kdiffusion_sigmas(sched, times).to(noise.dtype)
     kd = P.kdiffusion_sampling()
     results = []
@@ -259,7 +302,8 @@ def measure_overhead(pb, noise, steps=50, repeats=7):
                 return x + out * -s
 
             peer_fn = lambda function=function, fixed=fixed: getattr(kd, function)(  # noqa: E731
-                eps_denoiser, noise, sigmas, disable=True, **fixed)
+                eps_denoiser, noise, sigmas, disable=True, **fixed
+            )
             calls = nfe_kd
         else:
             cls, config = P.DIFFUSERS_SAMPLERS[peer]
@@ -273,13 +317,22 @@ def measure_overhead(pb, noise, steps=50, repeats=7):
 
             calls = steps
         ours_fn = lambda solver=solver, options=options, n=calls: fewstep.sample(  # noqa: E731
-            model, noise, solver=solver, nfe=n, **options)
+            model, noise, solver=solver, nfe=n, **options
+        )
         peer_fn()
         ours_fn()
         t_peer = _best_time(peer_fn, repeats) / calls
         t_ours = _best_time(ours_fn, repeats) / calls
-        results.append(dict(problem=pb.name, fewstep=label(solver, options), peer=f"{library} {peer}",
-                            fewstep_us=t_ours * 1e6, peer_us=t_peer * 1e6, ratio=t_ours / t_peer))
+        results.append(
+            dict(
+                problem=pb.name,
+                fewstep=label(solver, options),
+                peer=f"{library} {peer}",
+                fewstep_us=t_ours * 1e6,
+                peer_us=t_peer * 1e6,
+                ratio=t_ours / t_peer,
+            )
+        )
     return results
 
 
@@ -318,24 +371,44 @@ def report(rows, overhead, nfes, elapsed, args) -> str:
         def cell(r):
             return f"{r['mean']:.2e}" if r else "-"
 
-        lines.append("| **fewstep auto** | " + " | ".join(f"**{cell(auto.get(n))}**" for n in nfes) + " |")
+        lines.append(
+            "| **fewstep auto** | " + " | ".join(f"**{cell(auto.get(n))}**" for n in nfes) + " |"
+        )
         lines.append("| best peer | " + " | ".join(cell(peer_best.get(n)) for n in nfes) + " |")
-        lines.append("| best fewstep config | " + " | ".join(cell(ours_best.get(n)) for n in nfes) + " |")
-        lines.append("| auto / best peer | " + " | ".join(
-            f"{auto[n]['mean'] / peer_best[n]['mean']:.2f}" if n in auto and n in peer_best else "-"
-            for n in nfes) + " |")
+        lines.append(
+            "| best fewstep config | " + " | ".join(cell(ours_best.get(n)) for n in nfes) + " |"
+        )
+        lines.append(
+            "| auto / best peer | "
+            + " | ".join(
+                f"{auto[n]['mean'] / peer_best[n]['mean']:.2f}"
+                if n in auto and n in peer_best
+                else "-"
+                for n in nfes
+            )
+            + " |"
+        )
         lines += ["", "Best peer at each NFE:", ""]
         for n in nfes:
             if n in peer_best:
                 r = peer_best[n]
-                lines.append(f"- NFE {n}: {r['library']} `{r['sampler']}` with `{r['spacing']}` "
-                             f"({r['calls']} calls), {r['mean']:.3e}")
-        lines += ["", "Every sampler at its best spacing (mean RMSE):", "",
-                  header, "|---" * (len(nfes) + 1) + "|"]
+                lines.append(
+                    f"- NFE {n}: {r['library']} `{r['sampler']}` with `{r['spacing']}` "
+                    f"({r['calls']} calls), {r['mean']:.3e}"
+                )
+        lines += [
+            "",
+            "Every sampler at its best spacing (mean RMSE):",
+            "",
+            header,
+            "|---" * (len(nfes) + 1) + "|",
+        ]
         per = best_by(prob_rows, lambda r: (r["library"], r["sampler"], r["nfe"]))
         samplers = sorted({(r["library"], r["sampler"]) for r in prob_rows})
         for lib, s in samplers:
-            lines.append(f"| {lib} {s} | " + " | ".join(cell(per.get((lib, s, n))) for n in nfes) + " |")
+            lines.append(
+                f"| {lib} {s} | " + " | ".join(cell(per.get((lib, s, n))) for n in nfes) + " |"
+            )
     if FAILURES:
         lines += ["", "## Peer runs that failed (reported, not scored)", ""]
         grouped = defaultdict(list)
@@ -343,16 +416,26 @@ def report(rows, overhead, nfes, elapsed, args) -> str:
             head, _, reason = f.partition(": ")
             config, _, nfe = head.rpartition(" NFE ")
             grouped[(config, reason)].append(nfe)
-        lines += [f"- {config} (NFE {', '.join(n for n in nfes if n)}): {reason}"
-                  for (config, reason), nfes in grouped.items()]
+        lines += [
+            f"- {config} (NFE {', '.join(n for n in nfes if n)}): {reason}"
+            for (config, reason), nfes in grouped.items()
+        ]
     if overhead:
-        lines += ["", "## Per-step overhead (model calls excluded)", "",
-                  "A model returning a stored tensor; 50 steps, batch of 256 x 64 (float64), best "
-                  "of 7; microseconds per model call.", "",
-                  "| problem | fewstep | peer | fewstep us | peer us | ratio |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Per-step overhead (model calls excluded)",
+            "",
+            "A model returning a stored tensor; 50 steps, batch of 256 x 64 (float64), best "
+            "of 7; microseconds per model call.",
+            "",
+            "| problem | fewstep | peer | fewstep us | peer us | ratio |",
+            "|---|---|---|---|---|---|",
+        ]
         for o in overhead:
-            lines.append(f"| {o['problem']} | {o['fewstep']} | {o['peer']} | {o['fewstep_us']:.0f} | "
-                         f"{o['peer_us']:.0f} | {o['ratio']:.2f} |")
+            lines.append(
+                f"| {o['problem']} | {o['fewstep']} | {o['peer']} | {o['fewstep_us']:.0f} | "
+                f"{o['peer_us']:.0f} | {o['ratio']:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -378,8 +461,7 @@ def plot(rows, nfes, path):
                 ax.loglog(xs, [pts[n] for n in xs], "k-o", lw=2.5, label="fewstep auto", zorder=5)
             elif lib != "fewstep":
                 style = "--" if lib == "diffusers" else ":"
-                ax.loglog(xs, [pts[n] for n in xs], style, lw=1, alpha=0.6,
-                          label=f"{lib} {s}")
+                ax.loglog(xs, [pts[n] for n in xs], style, lw=1, alpha=0.6, label=f"{lib} {s}")
         ax.set_title(f"{name}: error vs NFE (peers at their best spacing)")
         ax.set_xlabel("NFE (model calls)")
         ax.set_ylabel("mean RMSE vs exact")
@@ -424,7 +506,10 @@ def main() -> None:
     elapsed = time.perf_counter() - start
     out = Path(args.out)
     suffix = "_quick" if args.quick else ""
-    atomic_write_text(out / f"solvers{suffix}.json", json.dumps({"rows": rows, "overhead": overhead, "failures": FAILURES}))
+    atomic_write_text(
+        out / f"solvers{suffix}.json",
+        json.dumps({"rows": rows, "overhead": overhead, "failures": FAILURES}),
+    )
     text = report(rows, overhead, nfes, elapsed, args)
     atomic_write_text(out / f"solvers{suffix}.md", text)
     plot(rows, nfes, out / f"solvers{suffix}.png")

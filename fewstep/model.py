@@ -218,28 +218,52 @@ class Model:
 
     def _evaluate(self, x, t, alpha, sigma, d_alpha, d_sigma, cond, uncond) -> Prediction:
         raw = self._raw(x, t, cond, uncond)
-        a, s = _per_sample(alpha, x), _per_sample(sigma, x)
-        p = self.prediction
-        scalar = isinstance(a, float)
-        if p == "epsilon":
-            noise = raw
-            data = torch.sub(x, raw, alpha=s).div_(a) if scalar else (x - s * raw) / a
-        elif p == "sample":
-            data = raw
-            noise = torch.sub(x, raw, alpha=a).div_(s) if scalar else (x - a * raw) / s
-        elif p == "score":
-            noise = -s * raw
-            data = (x - s * noise) / a
-        elif p == "v":
-            norm = 1.0 if self.schedule.variance_preserving else a * a + s * s
-            data = (a * x - s * raw) / norm
-            noise = (s * x + a * raw) / norm
-        else:  # flow: raw = d_alpha D + d_sigma eps, solved together with x = alpha D + sigma eps
-            da, ds = _per_sample(d_alpha, x), _per_sample(d_sigma, x)
-            det = ds * a - s * da
-            data = (ds * x - s * raw) / det
-            noise = (a * raw - da * x) / det
-        if self.thresholding is not None:
-            data = self.thresholding(data)
-            noise = (x - a * data) / s
-        return Prediction(data, noise)
+        return to_predictions(
+            raw,
+            x,
+            alpha,
+            sigma,
+            d_alpha,
+            d_sigma,
+            self.prediction,
+            self.schedule.variance_preserving,
+            self.thresholding,
+        )
+
+
+def to_predictions(
+    raw: Tensor,
+    x: Tensor,
+    alpha: float | Tensor,
+    sigma: float | Tensor,
+    d_alpha: float | Tensor,
+    d_sigma: float | Tensor,
+    prediction: str,
+    variance_preserving: bool,
+    thresholding: DynamicThresholding | None = None,
+) -> Prediction:
+    """(D, eps) from a network's raw output of the given parameterization at state x."""
+    a, s = _per_sample(alpha, x), _per_sample(sigma, x)
+    scalar = isinstance(a, float)
+    if prediction == "epsilon":
+        noise = raw
+        data = torch.sub(x, raw, alpha=s).div_(a) if scalar else (x - s * raw) / a
+    elif prediction == "sample":
+        data = raw
+        noise = torch.sub(x, raw, alpha=a).div_(s) if scalar else (x - a * raw) / s
+    elif prediction == "score":
+        noise = -s * raw
+        data = (x - s * noise) / a
+    elif prediction == "v":
+        norm = 1.0 if variance_preserving else a * a + s * s
+        data = (a * x - s * raw) / norm
+        noise = (s * x + a * raw) / norm
+    else:  # flow: raw = d_alpha D + d_sigma eps, solved together with x = alpha D + sigma eps
+        da, ds = _per_sample(d_alpha, x), _per_sample(d_sigma, x)
+        det = ds * a - s * da
+        data = (ds * x - s * raw) / det
+        noise = (a * raw - da * x) / det
+    if thresholding is not None:
+        data = thresholding(data)
+        noise = (x - a * data) / s
+    return Prediction(data, noise)

@@ -102,27 +102,79 @@ class Program:
     ) -> Tensor:
         """Execute on start state ``x``; ``evaluate`` calls the model for one instruction,
         ``noise(draw, like)`` supplies the standard-normal draws of stochastic programs."""
-        if self.draws and noise is None:
+        execution = Execution(self, x, noise, on_land)
+        while (ins := execution.advance()) is not None:
+            execution.give(evaluate(execution.state(ins), ins))
+        return execution.output
+
+
+class Execution:
+    """A program run one model evaluation at a time: ``advance`` executes the combinations
+    up to the next evaluation and returns it (None at the end), ``give`` hands back its
+    result. ``Program.run`` drives it in a loop; a diffusers scheduler drives it from
+    ``step``, where the pipeline owns the loop."""
+
+    def __init__(
+        self,
+        program: Program,
+        x: Tensor,
+        noise: Callable[[Draw, Tensor], Tensor] | None = None,
+        on_land: Callable[[int, Tensor], None] | None = None,
+    ):
+        if program.draws and noise is None:
             raise ValueError("this program draws noise: pass a noise source")
-        registers: list[Tensor | None] = [None] * self.n_registers
-        registers[0] = x
-        results: list[Prediction | None] = []
+        self.program, self.noise, self.on_land = program, noise, on_land
+        self.registers: list[Tensor | None] = [None] * program.n_registers
+        self.registers[0] = x
+        self.results: list[Prediction | None] = []
+        self._next = 0  # index of the next instruction to execute
         if on_land is not None:
             on_land(0, x)
-        for ins, release in zip(self.instructions, self.releases, strict=True):
+
+    def state(self, ins: Evaluate) -> Tensor:
+        """The state an evaluation is made at."""
+        return self.registers[ins.state]
+
+    def advance(self) -> Evaluate | None:
+        """Execute combinations up to the next evaluation and return it; None when done."""
+        program = self.program
+        while self._next < len(program.instructions):
+            ins = program.instructions[self._next]
             if isinstance(ins, Evaluate):
-                results.append(evaluate(registers[ins.state], ins))
-            else:
-                out = combine(registers[ins.base], ins.scale, ins.terms, results)
-                for index, coef in ins.draws:
-                    z = noise(self.draws[index], out)
-                    out = out.add_(z, alpha=coef) if isinstance(coef, float) else out + coef * z
-                registers[ins.target] = out
-                if on_land is not None and ins.lands is not None:
-                    on_land(ins.lands, registers[ins.target])
-            for k in release:
-                results[k] = None
-        return results[self.output].data
+                return ins
+            out = combine(self.registers[ins.base], ins.scale, ins.terms, self.results)
+            for index, coef in ins.draws:
+                z = self.noise(program.draws[index], out)
+                out = out.add_(z, alpha=coef) if isinstance(coef, float) else out + coef * z
+            self.registers[ins.target] = out
+            if self.on_land is not None and ins.lands is not None:
+                self.on_land(ins.lands, out)
+            self._release()
+        return None
+
+    def give(self, prediction: Prediction) -> None:
+        """The result of the evaluation ``advance`` returned."""
+        ins = self.program.instructions[self._next]
+        if not isinstance(ins, Evaluate):
+            raise RuntimeError("no evaluation is pending")
+        self.results.append(prediction)
+        self._release()
+
+    def _release(self) -> None:
+        for k in self.program.releases[self._next]:
+            self.results[k] = None
+        self._next += 1
+
+    @property
+    def done(self) -> bool:
+        return self._next >= len(self.program.instructions)
+
+    @property
+    def output(self) -> Tensor:
+        """The data prediction of the program's output evaluation (once done)."""
+        if not self.done:
+            raise RuntimeError("the program has not finished")
+        return self.results[self.program.output].data
 
 
 def combine(

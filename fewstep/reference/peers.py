@@ -80,6 +80,16 @@ KDIFFUSION_SAMPLERS: dict[str, tuple[str, dict[str, Any], int]] = {
 }
 
 
+#: stochastic k-diffusion samplers (same layout as KDIFFUSION_SAMPLERS)
+KDIFFUSION_STOCHASTIC: dict[str, tuple[str, dict[str, Any], int]] = {
+    "euler_ancestral": ("sample_euler_ancestral", {}, 1),
+    "dpmpp_2s_ancestral": ("sample_dpmpp_2s_ancestral", {}, 2),
+    "dpmpp_sde": ("sample_dpmpp_sde", {}, 2),
+    "dpmpp_2m_sde": ("sample_dpmpp_2m_sde", {}, 1),
+    "dpmpp_3m_sde": ("sample_dpmpp_3m_sde", {}, 1),
+}
+
+
 def classical_space(schedule: NoiseSchedule) -> str:
     """'ve' (x / alpha against sigma / alpha) or 'flow' (x against t)."""
     return "flow" if schedule.classical_k == -1.0 else "ve"
@@ -97,8 +107,14 @@ def kdiffusion_denoiser(model: Model) -> Callable[[Tensor, Tensor], Tensor]:
     schedule = model.schedule
     flow = classical_space(schedule) == "flow"
 
+    lo = schedule.t_min if flow else float(schedule.edm_sigma(schedule.t_min))
+    hi = schedule.t_max if flow else float(schedule.edm_sigma(schedule.t_max))
+
     def denoiser(x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
         s = as_float64(sigma).flatten()
+        if bool(torch.any(s < lo * (1 - 1e-4))) or bool(torch.any(s > hi * (1 + 1e-4))):
+            raise FewstepError(f"k-diffusion asked for sigma {s.tolist()} outside [{lo}, {hi}]")
+        s = s.clamp(lo, hi)  # float32 grids round a hair past the ends
         t = s if flow else schedule.t_of_edm_sigma(s)
         scale = torch.ones_like(t) if flow else schedule.alpha(t)
         x_in = x * scale.to(x).view(-1, *([1] * (x.ndim - 1)))
@@ -113,7 +129,7 @@ def run_kdiffusion(
     """k-diffusion's sampler ``name`` over ``sigmas`` (with their final 0), started from the
     state fewstep starts from. Returns the data samples."""
     sampling = kdiffusion_sampling()
-    function, fixed, _ = KDIFFUSION_SAMPLERS[name]
+    function, fixed, _ = {**KDIFFUSION_SAMPLERS, **KDIFFUSION_STOCHASTIC}[name]
     schedule = model.schedule
     s0 = float(sigmas[0])
     if classical_space(schedule) == "flow":
@@ -129,7 +145,7 @@ def run_kdiffusion(
 
 def kdiffusion_calls(name: str, n_sigmas: int) -> int:
     """Model calls k-diffusion's sampler makes with ``n_sigmas`` nonzero sigmas."""
-    per = KDIFFUSION_SAMPLERS[name][2]
+    per = {**KDIFFUSION_SAMPLERS, **KDIFFUSION_STOCHASTIC}[name][2]
     return per * (n_sigmas - 1) + 1
 
 
@@ -229,24 +245,26 @@ def diffusers_scheduler(cls_name: str, schedule: NoiseSchedule, prediction: str,
 
 
 def run_diffusers(
-    scheduler, model: Model, noise: Tensor, steps: int | None = None
+    scheduler, model: Model, noise: Tensor, steps: int | None = None, **step_options: Any
 ) -> tuple[Tensor, int]:
     """The diffusers pipeline loop with ``scheduler`` (``set_timesteps(steps)`` first unless
-    steps is None, for a scheduler whose grid was already set). Returns (samples, calls)."""
+    steps is None, for a scheduler whose grid was already set); ``step_options`` go to every
+    ``step`` call (e.g. DDIM's ``eta``). Returns (samples, calls)."""
     if steps is not None:
         scheduler.set_timesteps(steps)
     flow = isinstance(model.schedule, FlowSchedule)
     n_train = scheduler.config.num_train_timesteps
-    x = noise * float(scheduler.init_noise_sigma)
+    x = noise * float(getattr(scheduler, "init_noise_sigma", 1.0))
     calls = 0
     for t in scheduler.timesteps:
-        x_in = scheduler.scale_model_input(x, t)
+        scale = getattr(scheduler, "scale_model_input", None)
+        x_in = x if scale is None else scale(x, t)
         t_native = torch.full(
             (x.shape[0],), float(t) / n_train if flow else float(t), dtype=torch.float64
         )
         out = model.fn(x_in, t_native)
         calls += 1
-        x = scheduler.step(out, t, x, return_dict=False)[0]
+        x = scheduler.step(out, t, x, return_dict=False, **step_options)[0]
     return x, calls
 
 
@@ -283,6 +301,40 @@ DIFFUSERS_FLOW_SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
         for k, v in DIFFUSERS_SAMPLERS.items()
         if v[0].split("Scheduler")[0]
         in {"DPMSolverMultistep", "DPMSolverSinglestep", "DEISMultistep", "UniPCMultistep"}
+    },
+}
+
+#: diffusers' stochastic schedulers: name -> (class, config, step options)
+DIFFUSERS_STOCHASTIC: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "ddpm": ("DDPMScheduler", {}, {}),
+    "ddim_eta1": ("DDIMScheduler", {"set_alpha_to_one": True}, {"eta": 1.0}),
+    "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}, {}),
+    "kdpm2_ancestral": ("KDPM2AncestralDiscreteScheduler", {}, {}),
+    "dpmpp_2m_sde": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+        {},
+    ),
+    "dpmpp_3m_sde": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
+        {},
+    ),
+    "dpmpp_2s_sde": (
+        "DPMSolverSinglestepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+        {},
+    ),
+    "sa_solver": ("SASolverScheduler", {}, {}),
+    "dpmpp_sde": ("DPMSolverSDEScheduler", {}, {}),
+}
+#: which of them apply to flow models (through use_flow_sigmas or their own class)
+DIFFUSERS_FLOW_STOCHASTIC: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "flow_euler_stochastic": ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}, {}),
+    **{
+        k: v
+        for k, v in DIFFUSERS_STOCHASTIC.items()
+        if k in {"dpmpp_2m_sde", "dpmpp_3m_sde", "sa_solver"}
     },
 }
 

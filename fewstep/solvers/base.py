@@ -113,6 +113,16 @@ class Solver(ABC):
     #: (see ``framed``; only data-form exponential solvers offer the choice)
     frame: str = "logsnr"
 
+    def nfe_for_points(self, n_points: int) -> int:
+        """The largest nfe for which this solver visits ``n_points`` grid points (for callers
+        that start from a grid: k-diffusion-style sigmas, diffusers timesteps, segments)."""
+        fits = [
+            n for n in range(n_points, 3 * n_points + 2) if self.grid_size(n, False) == n_points
+        ]
+        if not fits:
+            raise ArgumentError("sigmas", f"{self.name!r} cannot use a grid of {n_points} points")
+        return max(fits)
+
     def singular(self, schedule: NoiseSchedule, point: Point) -> bool:
         """Whether this solver's rule is undefined at ``point`` beyond first order (zero SNR
         for exponential integrators): a step starting there is taken as DDIM, and the

@@ -23,16 +23,6 @@ from .base import Grid, Solver, classical_tau
 Interval = tuple[float, float, int, int]
 
 
-def _nfe_for(solver: Solver, n_points: int) -> int:
-    """The largest nfe for which the solver visits n_points grid points."""
-    fits = [n for n in range(n_points, 3 * n_points + 2) if solver.grid_size(n, False) == n_points]
-    if not fits:
-        raise ArgumentError(
-            "restart", f"{solver.name!r} cannot take a segment of {n_points} points"
-        )
-    return max(fits)
-
-
 def _logsnr_times(schedule: NoiseSchedule, t_hi: float, t_lo: float, n: int) -> list[float]:
     lam_hi, lam_lo = float(schedule.lam(t_hi)), float(schedule.lam(t_lo))
     t = schedule.t_of_lam([lam_hi + (lam_lo - lam_hi) * i / (n - 1) for i in range(n)]).tolist()
@@ -121,7 +111,7 @@ class Restart(Solver):
         for start, end in itertools.pairwise(bounds):
             segment = Grid(schedule, main.points[start : end + 1])
             last = end == len(times) - 1
-            seg_nfe = remaining if last else _nfe_for(self.base, len(segment))
+            seg_nfe = remaining if last else self.base.nfe_for_points(len(segment))
             output = b.inline(
                 self.base.compile(segment, seg_nfe), land_offset=start, keep_output=last
             )
