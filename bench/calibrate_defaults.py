@@ -14,6 +14,7 @@ Prints the table that fewstep/defaults.py holds, and writes bench/results/calibr
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -106,10 +107,11 @@ def calibrate(family: str, samples: int, nfes, maxiter: int):
     for nfe in nfes:
         best = None
         for solver, options in CANDIDATES[family]:
-            start = min(screen, key=lambda p: objective(problems, solver, options, nfe, p))
+            loss = functools.partial(objective, problems, solver, options, nfe)
+            start = min(screen, key=loss)
             simplex = np.array([start] + [np.add(start, 0.3 * np.eye(3)[i]) for i in range(3)])
             res = minimize(
-                lambda p: objective(problems, solver, options, nfe, p),
+                loss,
                 start,
                 method="Nelder-Mead",
                 options={

@@ -24,13 +24,12 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import fewstep
 from fewstep.io import atomic_write_bytes, atomic_write_text
-from fewstep.reference import problem, rmse
 from fewstep.reference import peers as P
+from fewstep.reference import problem, rmse
 from fewstep.schedules import FlowSchedule
 
 warnings.filterwarnings("ignore")
@@ -127,7 +126,7 @@ def run_kdiffusion(pb, noise, ref, nfes, rows):
                 start = time.perf_counter()
                 try:
                     x = P.run_kdiffusion(name, model, noise, sigmas)
-                except Exception as err:  # noqa: BLE001 - a peer failing is a result, not a crash
+                except Exception as err:
                     FAILURES.append(f"{pb.name} k-diffusion {name} {spacing} NFE {nfe}: {err}")
                     continue
                 calls = model.nfe - before
@@ -153,7 +152,7 @@ def _diffusers_steps_for_budget(make, budget):
         s = make()
         try:
             s.set_timesteps(steps)
-        except Exception:  # noqa: BLE001
+        except Exception:
             return None
         calls = len(s.timesteps)
         if calls <= budget:
@@ -198,7 +197,7 @@ def run_diffusers(pb, noise, ref, nfes, rows):
         )
         try:
             probe = P.diffusers_scheduler(cls, pb.schedule, pb.prediction, **config)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             FAILURES.append(f"{pb.name} diffusers {name}: cannot be configured: {err}")
             continue
         if not flow and _accepts_grid(probe):
@@ -210,7 +209,7 @@ def run_diffusers(pb, noise, ref, nfes, rows):
 
             try:
                 s = make()
-            except Exception:  # noqa: BLE001 - an unsupported option for this scheduler
+            except Exception:
                 continue
             if any(getattr(s.config, k, None) != v for k, v in extra.items()):
                 continue  # the scheduler silently ignores this spacing option
@@ -226,7 +225,7 @@ def run_diffusers(pb, noise, ref, nfes, rows):
                         )
                     else:
                         x, calls = P.run_diffusers(make(), model, noise, steps)
-                except Exception as err:  # noqa: BLE001
+                except Exception as err:
                     FAILURES.append(f"{pb.name} diffusers {name} {spacing} NFE {nfe}: {err}")
                     continue
                 if not torch.isfinite(x).all():

@@ -27,8 +27,8 @@ import torch
 
 import fewstep
 from fewstep.io import atomic_write_bytes, atomic_write_text
-from fewstep.reference import problem, sliced_wasserstein
 from fewstep.reference import peers as P
+from fewstep.reference import problem, sliced_wasserstein
 from fewstep.schedules import FlowSchedule
 
 warnings.filterwarnings("ignore")
@@ -110,7 +110,7 @@ def run_kdiffusion(pb, noise, exact, nfes, rows):
                 before = model.nfe
                 try:
                     x = P.run_kdiffusion(name, model, noise, torch.cat([sig, sig.new_zeros(1)]))
-                except Exception as err:  # noqa: BLE001 - a peer failing is a result
+                except Exception as err:
                     FAILURES.append(f"{pb.name} k-diffusion {name} {spacing} NFE {nfe}: {err}")
                     continue
                 rows.append(
@@ -146,7 +146,7 @@ def run_diffusers(pb, noise, exact, nfes, rows):
 
             try:
                 probe = make()
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 FAILURES.append(
                     f"{pb.name} diffusers {name} {spacing}: cannot be configured: {err}"
                 )
@@ -160,7 +160,7 @@ def run_diffusers(pb, noise, exact, nfes, rows):
                 torch.manual_seed(0)
                 try:
                     x, calls = P.run_diffusers(make(), model, noise, steps, **step_options)
-                except Exception as err:  # noqa: BLE001
+                except Exception as err:
                     FAILURES.append(f"{pb.name} diffusers {name} {spacing} NFE {nfe}: {err}")
                     continue
                 if not torch.isfinite(x).all():

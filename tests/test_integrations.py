@@ -95,7 +95,7 @@ def test_history_does_not_leak_across_batches():
 
 
 def test_custom_sigmas_and_timesteps_and_config_round_trip(tmp_path):
-    config, _, fn = _vp_setup()
+    config, _, _ = _vp_setup()
     sched = FewstepScheduler.from_config(config, solver="unipc", spacing="karras")
     sched.set_timesteps(sigmas=[14.0, 5.0, 1.0, 0.3, 0.05, 0.0])
     assert len(sched.timesteps) == 5 and sched.sigmas[-1] == 0
@@ -131,7 +131,7 @@ def test_image_to_image_starts_mid_grid():
 
 
 def test_scheduler_errors_name_the_argument():
-    config, _, fn = _vp_setup()
+    config, _, _ = _vp_setup()
     sched = FewstepScheduler.from_config(config, solver="ddim")
     with pytest.raises(fewstep.ArgumentError, match="set_timesteps"):
         sched.step(torch.zeros(1, 2, 3, 3), 999, torch.zeros(1, 2, 3, 3))
