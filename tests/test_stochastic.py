@@ -16,7 +16,6 @@ from fewstep.reference.peers import (
     diffusers_scheduler,
     kdiffusion_sampling,
     kdiffusion_sigmas,
-    run_kdiffusion,
 )
 
 STOCHASTIC = [
