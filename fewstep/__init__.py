@@ -3,6 +3,7 @@ exact references."""
 
 from . import reference, solvers
 from .errors import ArgumentError, FewstepError, ModelOutputError, NonFiniteError
+from .generation import generate, load_samples
 from .guidance import DynamicThresholding
 from .model import Model, Prediction
 from .noise import randn
@@ -16,6 +17,7 @@ from .schedules import (
     VPSchedule,
 )
 from .spacing import Spacing
+from .tuner import SamplerConfig, Teacher, tune
 
 __version__ = "0.1.0"
 
@@ -32,13 +34,18 @@ __all__ = [
     "NoiseSchedule",
     "NonFiniteError",
     "Prediction",
+    "SamplerConfig",
     "Spacing",
     "StepInfo",
+    "Teacher",
     "Trajectory",
     "VPSchedule",
+    "generate",
+    "load_samples",
     "plan",
     "randn",
     "reference",
     "sample",
     "solvers",
+    "tune",
 ]

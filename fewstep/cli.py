@@ -17,7 +17,14 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     noise = pb.noise(args.num_samples, seed=args.seed)
     model = pb.model()
     start = time.perf_counter()
-    x = sample(model, noise, solver=args.solver, nfe=args.nfe, spacing=args.spacing)
+    if args.config is not None:
+        from .tuner import SamplerConfig
+
+        config = SamplerConfig.load(args.config)
+        args.solver, args.nfe, args.spacing = f"{config.solver} (tuned)", config.nfe, "tuned"
+        x = sample(model, noise, config=config)
+    else:
+        x = sample(model, noise, solver=args.solver, nfe=args.nfe, spacing=args.spacing)
     elapsed = time.perf_counter() - start
     err = rmse(x, pb.reference(noise))
     print(
@@ -35,10 +42,26 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from dataclasses import replace
 
-    report = run_demo(args.out, quick=args.quick)
-    print(f"report: {report}")
+    from .demo import QUICK, DemoConfig, run_demo
+
+    config = QUICK if args.quick else DemoConfig()
+    if args.samples is not None:
+        config = replace(config, samples=args.samples)
+    if args.guidance is not None:
+        config = replace(config, guidance=args.guidance)
+    report = run_demo(args.out, config=config)
+    print(f"report: {report} (and {report.with_suffix('.md').name} beside it)")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .models.train import train
+
+    info = train(args.name, args.out, seed=args.seed, steps=args.steps, minutes=args.minutes)
+    print(f"weights: {info.with_suffix('.safetensors')}")
+    print(f"record:  {info}")
     return 0
 
 
@@ -56,12 +79,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--components", type=int, default=8)
     p.add_argument("--problem-seed", type=int, default=0, help="seed of the mixture itself")
+    p.add_argument("--config", default=None, help="a tuned sampler's JSON (fewstep tune)")
     p.set_defaults(func=_cmd_sample)
 
-    d = sub.add_parser("demo", help="the main job: solvers against NFE, with a report")
+    d = sub.add_parser(
+        "demo", help="the main job: solvers against NFE on the shipped digits models, a report"
+    )
     d.add_argument("--out", default="out/demo")
     d.add_argument("--quick", action="store_true", help="a small run (for tests)")
+    d.add_argument("--samples", type=int, default=None, help="samples per model (x10)")
+    d.add_argument("--guidance", type=float, default=None, help="guidance scale of the sweep")
     d.set_defaults(func=_cmd_demo)
+
+    t = sub.add_parser("train", help="train a shipped digits model from its recipe")
+    t.add_argument("name", help="digits-unet, digits-dit, digits-flow or digits-classifier")
+    t.add_argument("--out", default="out/models", help="directory of the weights and json")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--steps", type=int, default=None, help="override the recipe's steps")
+    t.add_argument("--minutes", type=float, default=None, help="stop after this wall time")
+    t.set_defaults(func=_cmd_train)
+
+    from .generation.cli import add_parser as add_generate
+    from .tuner.cli import add_parser as add_tune
+
+    add_generate(sub)
+    add_tune(sub)
     return parser
 
 

@@ -21,6 +21,11 @@ import numpy as np
 import torch
 
 
+def _value(x) -> float:
+    """A float of a float or a (possibly differentiable) torch scalar."""
+    return float(x.detach()) if hasattr(x, "detach") else float(x)
+
+
 def exp(z):
     return torch.exp(z) if isinstance(z, torch.Tensor) else math.exp(z)
 
@@ -41,7 +46,7 @@ def phi(k: int, z):
     """
     if k == 0:
         return exp(z)
-    if abs(float(z)) < 0.5:
+    if abs(_value(z)) < 0.5:
         total, term = 0.0, 1.0 / math.factorial(k)
         for n in range(24):
             total = total + term
@@ -139,7 +144,7 @@ def solve_small(matrix: Sequence[Sequence], rhs: Sequence) -> list:
     n = len(rhs)
     a = [[*row, rhs[i]] for i, row in enumerate(matrix)]
     for col in range(n):
-        pivot = max(range(col, n), key=lambda r: abs(float(a[r][col])))
+        pivot = max(range(col, n), key=lambda r: abs(_value(a[r][col])))
         a[col], a[pivot] = a[pivot], a[col]
         for r in range(col + 1, n):
             f = a[r][col] / a[col][col]

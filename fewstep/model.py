@@ -191,7 +191,7 @@ class Model:
     def _call(self, x: Tensor, t: float | Tensor, cond: Mapping[str, Any] | None) -> Tensor:
         time_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         if isinstance(t, Tensor):
-            t_in = t.to(device=x.device, dtype=time_dtype)
+            t_in = t.to(device=x.device, dtype=time_dtype).expand(x.shape[0])
         else:
             t_in = torch.full((x.shape[0],), t, dtype=time_dtype, device=x.device)
         x_in = x if self.dtype is None else x.to(self.dtype)
@@ -212,7 +212,7 @@ class Model:
         both = {
             k: _batch_cat(k, uncond.get(k, cond.get(k)), cond.get(k, uncond.get(k))) for k in keys
         }
-        t2 = torch.cat([t, t]) if isinstance(t, Tensor) else t
+        t2 = torch.cat([t, t]) if isinstance(t, Tensor) and t.ndim else t
         out_u, out_c = self._call(torch.cat([x, x]), t2, both).chunk(2)
         return self.guidance.combine(out_u, out_c)
 

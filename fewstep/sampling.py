@@ -205,6 +205,7 @@ def sample(
     callback: Callable[[StepInfo], None] | None = None,
     return_trajectory: bool = False,
     noise_dtype: torch.dtype = torch.float32,
+    config: Any = None,
     **solver_options: Any,
 ) -> Tensor | Trajectory:
     """Integrate the probability-flow ODE from ``noise`` and return the data prediction at
@@ -228,6 +229,8 @@ def sample(
         callback: called with a ``StepInfo`` after every step.
         return_trajectory: return a ``Trajectory`` (states at every step end) instead.
         noise_dtype: the precision stochastic solvers draw their noise in (on the CPU).
+        config: a ``SamplerConfig`` from ``fewstep.tune`` (or the path of its JSON file): its
+            solver, times and coefficients replace solver, nfe and spacing.
     """
     if not isinstance(model, Model):
         raise ArgumentError(
@@ -239,6 +242,27 @@ def sample(
         raise ArgumentError("noise", "must be a floating-point tensor with a batch dimension")
     if noise.shape[0] < 1:
         raise ArgumentError("noise", "the batch is empty")
+    if config is not None:
+        from .tuner import SamplerConfig
+
+        config = SamplerConfig.load(config) if not isinstance(config, SamplerConfig) else config
+        given = [
+            n
+            for n, v in (
+                ("solver", solver != "auto"),
+                ("spacing", spacing is not None),
+                ("solver options", bool(solver_options)),
+            )
+            if v
+        ]
+        if given or (nfe is not None and nfe != config.nfe):
+            raise ArgumentError(
+                "config",
+                f"fixes the solver, nfe and times; also given: {given or ['nfe']}",
+                "drop them, or sample without config",
+            )
+        solver, nfe, solver_options = config.solver, config.nfe, dict(config.options)
+        spacing = config.times
     solver_obj, sp = resolve(
         model, solver, spacing, DEFAULT_NFE if nfe is None else nfe, **solver_options
     )
@@ -281,6 +305,8 @@ def sample(
         guard.finish()
     else:
         _, grid, program = plan(model, solver_obj, DEFAULT_NFE if nfe is None else nfe, sp)
+        if config is not None:
+            program = config.program(model)
         x = noise.to(_state_dtype(noise)) * model.schedule.initial_scale(grid[0].t)
         used = program.nfe
         source = None

@@ -22,9 +22,10 @@ TimeLike = float | int | Sequence[float] | np.ndarray | Tensor
 
 
 def as_float64(value: TimeLike) -> Tensor:
-    """A float64 CPU tensor of the given times (the precision every schedule works in)."""
+    """A float64 CPU tensor of the given times (the precision every schedule works in);
+    tensors keep their autograd graph, so a tuner can differentiate through schedules."""
     if isinstance(value, Tensor):
-        return value.detach().to(device="cpu", dtype=torch.float64)
+        return value.to(device="cpu", dtype=torch.float64)
     return torch.as_tensor(np.asarray(value, dtype=np.float64))
 
 

@@ -1,7 +1,4 @@
-"""The command line: `fewstep sample` and `fewstep demo`."""
-
-import subprocess
-import sys
+"""The command line: `fewstep sample`, `fewstep train` (`fewstep demo`: tests/test_demo.py)."""
 
 import pytest
 
@@ -38,15 +35,15 @@ def test_errors_exit_2_with_the_argument(capsys):
     assert "nfe" in capsys.readouterr().err
 
 
-def test_demo_quick_writes_a_report(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "fewstep.cli", "demo", "--quick", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "report.md").exists() and (
-        tmp_path / "error_vs_nfe.png"
-    ).stat().st_size > 1000
-    assert "report:" in result.stdout
+def test_train_writes_weights_and_a_record(tmp_path, capsys):
+    # The quick demo itself runs in tests/test_demo.py.
+    out = tmp_path / "models"
+    rc = main(["train", "digits-classifier", "--steps", "2", "--out", str(out)])
+    assert rc == 0
+    assert f"record:  {out / 'digits-classifier.json'}" in capsys.readouterr().out
+    assert (out / "digits-classifier.safetensors").exists()
+
+
+def test_train_rejects_an_unknown_model(capsys):
+    assert main(["train", "mnist-unet"]) == 2
+    assert "unknown model 'mnist-unet'" in capsys.readouterr().err

@@ -61,7 +61,7 @@ def _midpoints(schedule, times):
     fewstep's singlestep solvers take those points from the grid."""
     s = schedule.edm_sigma(times)
     mids = (0.5 * (s[:-1].log() + s[1:].log())).exp()
-    sig = torch.stack([s[:-1], mids], 1).flatten().tolist() + [float(s[-1])]
+    sig = [*torch.stack([s[:-1], mids], 1).flatten().tolist(), float(s[-1])]
     t = schedule.t_of_edm_sigma(torch.tensor(sig, dtype=torch.float64))
     t[0], t[-1] = times[0], times[-1]
     return t

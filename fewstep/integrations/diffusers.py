@@ -79,6 +79,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         solver_options: dict[str, Any] | None = None,
         spacing: str | list[float] | None = None,
         seed: int | None = None,
+        tuned: str | None = None,
     ):
         if prediction_type not in _PREDICTIONS:
             raise ArgumentError(
@@ -90,14 +91,20 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         self.prediction = _PREDICTIONS[prediction_type]
         if schedule_type == "flow" and self.prediction == "epsilon":
             self.prediction = "flow"  # flow-matching configs carry no prediction_type
-        self._timestep_type = timestep_type or (
-            "continuous" if schedule_type == "flow" else "discrete"
-        )
+        self._tuned = None
+        if tuned is not None:
+            from ..tuner import SamplerConfig
+
+            self._tuned = SamplerConfig.load(tuned)
+            self._tuned.check(self._model())
+        continuous = schedule_type == "flow" or tuned is not None
+        self._timestep_type = timestep_type or ("continuous" if continuous else "discrete")
         self.timesteps = torch.tensor([])
         self.sigmas = torch.tensor([])
         self.num_inference_steps = None
         self._begin_index = None
         self._plan = None
+        self._program = None
         self._execution = None
 
     # -- configuration --------------------------------------------------------------------
@@ -200,6 +207,23 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             )
         model = self._model()
         options = dict(self.config.solver_options or {})
+        if self._tuned is not None:
+            if (
+                timesteps is not None
+                or sigmas is not None
+                or num_inference_steps
+                not in (
+                    None,
+                    self._tuned.nfe,
+                )
+            ):
+                raise ArgumentError(
+                    "num_inference_steps",
+                    f"the tuned sampler makes {self._tuned.nfe} model calls on its own times",
+                    f"pass {self._tuned.nfe}",
+                )
+            self._set_program(self._tuned.program(model), self._tuned.nfe, device)
+            return
         if timesteps is not None or sigmas is not None:
             if sigmas is not None:
                 given = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
@@ -237,7 +261,11 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                     )
                 spacing = Times(tuple(rounded.tolist()))
         self._plan = plan(model, solver, nfe, spacing)
-        calls = self._plan[2].evaluations
+        self._set_program(self._plan[2], nfe, device)
+
+    def _set_program(self, program, nfe: int, device) -> None:
+        self._program = program
+        calls = program.evaluations
         self.timesteps = torch.tensor(
             [self._to_pipeline(e.point.t) for e in calls],
             dtype=torch.float32 if self._timestep_type == "continuous" else torch.int64,
@@ -268,7 +296,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     ) -> SchedulerOutput | tuple:
         """Consume the model output of the pending call and return the next call's state (the
         final data prediction after the last call)."""
-        if self._plan is None:
+        if self._program is None:
             raise ArgumentError("set_timesteps", "call set_timesteps before step")
         if eta not in (None, 0, 0.0):
             raise ArgumentError(
@@ -323,9 +351,11 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         )
 
     def _start(self, sample: Tensor, generator: torch.Generator | None) -> None:
-        solver, _, program = self._plan
+        program = self._program
         if self._begin_index:
-            program = self._restarted(solver, self._begin_index)
+            if self._tuned is not None:
+                raise ArgumentError("begin_index", "a tuned sampler runs from its first time")
+            program = self._restarted(self._plan[0], self._begin_index)
         noise = None
         if program.stochastic:
             if self.config.seed is not None:

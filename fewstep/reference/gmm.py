@@ -138,7 +138,7 @@ class GaussianMixture:
         """fn(x, t) returning the exact output of a network of the given parameterization."""
 
         def fn(x: Tensor, t: Tensor) -> Tensor:
-            t64 = t.detach().to("cpu", torch.float64)
+            t64 = t.to("cpu", torch.float64)  # keeps the graph: tuners differentiate in t
             alpha, sigma = schedule.alpha_sigma(t64)
             shape = (-1, *([1] * (x.ndim - 1)))
             a, s = alpha.view(shape).to(x.device), sigma.view(shape).to(x.device)

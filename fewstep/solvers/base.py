@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal, Protocol
 
 from ..errors import ArgumentError
+from ..integrals import log
 from ..model import Point, points
 from ..program import Program, ProgramBuilder, Term
 from ..schedules import NoiseSchedule
@@ -59,7 +60,7 @@ def framed(grid: Grid, k: float) -> Grid:
     pts = []
     for p in grid.points:
         c = p.alpha - k * p.sigma
-        pts.append(replace(p, alpha=c, lam=math.log(c / p.sigma)))
+        pts.append(replace(p, alpha=c, lam=log(c / p.sigma)))
     return Grid(grid.schedule, tuple(pts))
 
 
@@ -167,6 +168,16 @@ class Corrector(Protocol):
         point k for k <= i + 1 (the last one made at the predicted state)."""
 
 
+def check_orders(orders: Sequence[int] | None, high: int) -> tuple[int, ...] | None:
+    """Per-step maximum orders, each in [1, high]."""
+    if orders is None:
+        return None
+    out = tuple(int(k) for k in orders)
+    if any(not 1 <= k <= high for k in out):
+        raise ArgumentError("orders", f"per-step orders must lie in [1, {high}], got {list(out)}")
+    return out
+
+
 def check_order(order: int, low: int, high: int) -> int:
     if isinstance(order, bool) or not isinstance(order, int) or not low <= order <= high:
         raise ArgumentError("order", f"must be an integer in [{low}, {high}], got {order!r}")
@@ -191,8 +202,13 @@ class MultistepSolver(Solver):
     corrector: Corrector | None = None
     warmup: str = "lower_order"
 
+    #: per-step maximum orders (a tuner's per-step choice); None: ``order`` everywhere
+    orders: tuple[int, ...] | None = None
+
     def step_order(self, grid: Grid, i: int) -> int:
         order = min(self.order, i + 1)
+        if self.orders is not None:
+            order = min(order, self.orders[i] if i < len(self.orders) else self.order)
         if self.lower_order_final and i == len(grid) - 2:
             order = min(order, 2)
         usable = 0

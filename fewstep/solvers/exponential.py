@@ -33,6 +33,7 @@ from .base import (
     Step,
     check_choice,
     check_order,
+    check_orders,
     ddim_step,
     exponential_step,
 )
@@ -103,11 +104,13 @@ class DPMSolverMultistep(MultistepSolver):
         corrector: str | UniC | None = None,
         warmup: str = "lower_order",
         frame: str = "logsnr",
+        orders: Sequence[int] | None = None,
     ):
         self.order = check_order(order, 1, 3)
         self.form = check_choice("form", form, ("data", "noise"))
         self.frame = check_frame(frame, self.form)
         self.solver_type = check_choice("solver_type", solver_type, ("midpoint", "heun", "exact"))
+        self.orders = check_orders(orders, self.order)
         self.lower_order_final = bool(lower_order_final)
         self.corrector = make_corrector(corrector)
         self.warmup = check_choice("warmup", warmup, WARMUPS)
@@ -121,6 +124,7 @@ class DPMSolverMultistep(MultistepSolver):
             "corrector": self.corrector,
             "warmup": self.warmup,
             "frame": self.frame,
+            "orders": self.orders,
         }
 
     def warmup_stage(self, grid: Grid, a: int, k: int, j: int, sources: Sequence[int]) -> Step:

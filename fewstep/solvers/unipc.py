@@ -16,7 +16,16 @@ from typing import Any
 from ..errors import ArgumentError
 from ..integrals import expm1, exponential_weights, solve_small
 from ..model import Point
-from .base import Form, Grid, MultistepSolver, Step, check_choice, check_order, exponential_step
+from .base import (
+    Form,
+    Grid,
+    MultistepSolver,
+    Step,
+    check_choice,
+    check_order,
+    check_orders,
+    exponential_step,
+)
 
 
 def _order_conditions(h: float, order: int, variant: str, form: Form):
@@ -118,6 +127,7 @@ class UniPC(MultistepSolver):
         corrector: str | UniC | None = "unic",
         warmup: str = "lower_order",
         frame: str = "logsnr",
+        orders: Sequence[int] | None = None,
     ):
         self.order = check_order(order, 1, 3)
         self.variant = check_choice("variant", variant, ("bh1", "bh2"))
@@ -126,6 +136,7 @@ class UniPC(MultistepSolver):
         self.corrector = make_corrector(corrector, variant, form)
         self.warmup = check_choice("warmup", warmup, ("lower_order", "singlestep"))
         self.frame = check_choice("frame", frame, ("logsnr", "classical"))
+        self.orders = check_orders(orders, self.order)
         if self.frame == "classical" and self.form != "data":
             raise ArgumentError("frame", "the classical frame is defined for data-form solvers")
 
@@ -138,6 +149,7 @@ class UniPC(MultistepSolver):
             "corrector": self.corrector,
             "warmup": self.warmup,
             "frame": self.frame,
+            "orders": self.orders,
         }
 
     def step(self, grid: Grid, i: int, history: Sequence[int], order: int) -> Step:

@@ -1,0 +1,394 @@
+"""Tuner benchmark: tuned fewstep at NFE n against untuned fewstep and the best peer sampler
+at n and at 2n, on held-out noises, with the calibration cost.
+
+- gmm: the solver benchmark's exact mixtures (SD ``scaled_linear`` VP with epsilon
+  prediction; rectified flow with velocity), mean RMSE against the exact ODE solution on
+  256 held-out noises; peers are every deterministic diffusers and k-diffusion sampler at
+  its best spacing option (``bench/solvers.py``'s harness, run here in the same process);
+- unseen: the same on a mixture of another dimension, component count and seed;
+- transfer: a configuration tuned on one mixture applied to the other one at the same NFE;
+- digits: the embedded ``digits-unet`` with guidance, FID (classifier features, held-out
+  digits) of tuned NFE 5 against every untuned solver at NFE 5 and 10, and a configuration
+  tuned at one guidance scale applied at another.
+
+    python bench/tuner.py                  # the full run (README table)
+    python bench/tuner.py --quick          # a smoke run
+
+Writes bench/results/tuner{_quick}.md, .json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import solvers as S
+
+import fewstep
+from fewstep.io import atomic_write_bytes, atomic_write_text
+from fewstep.reference import problem, rmse
+
+torch.set_num_threads(2)
+
+SECTIONS = ("mixtures", "digits")
+UNSEEN = dict(dim=32, components=4, seed=7)
+DIGITS_SOLVERS = ("auto", "ddim", "euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "deis")
+
+
+def _held_out(x, ref) -> float:
+    return float(rmse(x, ref).mean())
+
+
+def _tune(model, nfe, cal, target, iterations, cond=None, uncond=None):
+    calls = model.nfe
+    config = fewstep.tune(
+        model,
+        nfe,
+        calibration=cal,
+        cond=cond,
+        uncond=uncond,
+        target=target,
+        iterations=iterations,
+        progress=False,
+    )
+    return config, model.nfe - calls
+
+
+def gmm_rows(name, nfes, args, **mixture):
+    """Tuned, untuned and best-peer mean RMSE at each NFE n (peers also at 2n)."""
+    pb = problem(name, **mixture)
+    model = pb.model()
+    noise, cal = pb.noise(args.samples, seed=0), pb.noise(args.calibration, seed=11)
+    ref, ref_cal = pb.reference(noise), pb.reference(cal)
+    peer_rows: list[dict] = []
+    budgets = sorted({k for n in nfes for k in (n, 2 * n)})
+    S.run_kdiffusion(pb, noise, ref, budgets, peer_rows)
+    S.run_diffusers(pb, noise, ref, budgets, peer_rows)
+    peers = S.best_by(peer_rows, lambda r: r["nfe"])
+    rows, configs = [], {}
+    for n in nfes:
+        start = time.perf_counter()
+        config, calls = _tune(model, n, cal, ref_cal, args.iterations)
+        seconds = time.perf_counter() - start
+        configs[n] = config
+        rows.append(
+            dict(
+                problem=pb.name,
+                mixture=mixture,
+                nfe=n,
+                tuned=_held_out(fewstep.sample(model, noise, config=config), ref),
+                auto=_held_out(fewstep.sample(model, noise, nfe=n), ref),
+                auto_2n=_held_out(fewstep.sample(model, noise, nfe=2 * n), ref),
+                peer=peers[n]["mean"],
+                peer_name=f"{peers[n]['library']} {peers[n]['sampler']} ({peers[n]['spacing']})",
+                peer_2n=peers[2 * n]["mean"],
+                peer_2n_name=(
+                    f"{peers[2 * n]['library']} {peers[2 * n]['sampler']} "
+                    f"({peers[2 * n]['spacing']})"
+                ),
+                solver=config.solver,
+                orders=config.options.get("orders"),
+                grid=config.meta["grid"],
+                calibration_calls=calls,
+                calibration_seconds=seconds,
+            )
+        )
+        print(
+            f"[{pb.name} {mixture or ''}] NFE {n}: tuned {rows[-1]['tuned']:.3e} "
+            f"auto {rows[-1]['auto']:.3e} peer@2n {rows[-1]['peer_2n']:.3e} "
+            f"({calls} calls, {seconds:.0f} s)",
+            flush=True,
+        )
+    return rows, configs, (model, noise, ref)
+
+
+def transfer_rows(configs_a, target_b, label):
+    """A configuration tuned on mixture A sampling mixture B, against B's plain solver."""
+    model, noise, ref = target_b
+    rows = []
+    for n, config in configs_a.items():
+        rows.append(
+            dict(
+                case=label,
+                nfe=n,
+                transferred=_held_out(fewstep.sample(model, noise, config=config), ref),
+                auto=_held_out(fewstep.sample(model, noise, nfe=n), ref),
+            )
+        )
+    return rows
+
+
+def digits_rows(args):
+    """Tuned NFE 5 against every untuned solver at NFE 5 and 10 on digits-unet: FID and
+    RMSE to the 500-call teacher from the same noises; then transfer across guidance."""
+    from fewstep.models import load
+    from fewstep.quality import digits_metrics, teacher
+
+    metrics = digits_metrics()
+    per_class = args.digits_samples // 10
+    labels = torch.arange(10).repeat_interleave(per_class)
+    cal_labels = torch.arange(args.calibration) % 10
+
+    def inputs(y):
+        return {"y": y}, {"y": torch.full_like(y, 10)}
+
+    def scored(x, reference):
+        return dict(fid=metrics.fid(x), rmse=_held_out(x, reference))
+
+    results = {"untuned": [], "tuned": [], "transfer": [], "teacher": {}, "configs": {}}
+    results["floor"] = metrics.floor(labels)
+    references = {}
+    for scale in args.guidance:
+        model = load("digits-unet", guidance_scale=scale)
+        noise = fewstep.randn((len(labels), *model.image_shape), seed=1000)
+        cond, uncond = inputs(labels)
+        references[scale] = reference = teacher(model, noise, cond=cond, uncond=uncond)
+        results["teacher"][scale] = metrics.fid(reference)
+        for solver in DIGITS_SOLVERS:
+            for n in (5, 10):
+                x = fewstep.sample(model, noise, solver=solver, nfe=n, cond=cond, uncond=uncond)
+                results["untuned"].append(
+                    dict(guidance=scale, solver=solver, nfe=n, **scored(x, reference))
+                )
+        start = time.perf_counter()
+        cal = fewstep.randn((args.calibration, *model.image_shape), seed=2000)
+        config, calls = _tune(model, 5, cal, None, args.iterations, *inputs(cal_labels))
+        x = fewstep.sample(model, noise, config=config, cond=cond, uncond=uncond)
+        results["tuned"].append(
+            dict(
+                guidance=scale,
+                nfe=5,
+                **scored(x, reference),
+                accuracy=metrics.accuracy(x, labels),
+                calibration_calls=calls,
+                calibration_seconds=time.perf_counter() - start,
+            )
+        )
+        results["configs"][scale] = config
+        print(f"[digits w={scale}] tuned NFE 5: {results['tuned'][-1]}", flush=True)
+    cond, uncond = inputs(labels)
+    for tuned_at, config in results.pop("configs").items():
+        for scale in args.guidance:
+            if scale != tuned_at:
+                model = load("digits-unet", guidance_scale=scale)
+                noise = fewstep.randn((len(labels), *model.image_shape), seed=1000)
+                x = fewstep.sample(model, noise, config=config, cond=cond, uncond=uncond)
+                results["transfer"].append(
+                    dict(tuned_at=tuned_at, guidance=scale, **scored(x, references[scale]))
+                )
+    return results
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.2e}"
+
+
+def _made_by(meta: dict) -> str:
+    return (
+        f"`{meta['command']}`: {meta['minutes']:.1f} min on 2 CPU cores; "
+        f"{meta['calibration']} calibration noises, {meta['iterations']} gradient steps."
+    )
+
+
+def report(sections: dict) -> str:
+    lines = ["# Tuner benchmark", ""]
+    mixtures, digits = sections.get("mixtures"), sections.get("digits")
+    gmm, unseen, transfer = (
+        (mixtures["gmm"], mixtures["unseen"], mixtures["transfer"]) if mixtures else ([], [], [])
+    )
+    if mixtures:
+        lines += [
+            _made_by(mixtures["meta"]) + f" Errors on {mixtures['meta']['samples']} held-out "
+            "noises: mean RMSE against the exact ODE solution.",
+            "",
+        ]
+    for title, rows in (("Exact mixtures", gmm), ("A mixture the tuner was not built on", unseen)):
+        if not rows:
+            continue
+        lines += [
+            f"## {title}",
+            "",
+            "| problem | NFE n | tuned @ n | auto @ n | best peer @ n | auto @ 2n | "
+            "best peer @ 2n | tuned / peer@2n | calibration |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            mix = r["mixture"]
+            name = r["problem"] + (f" (d={mix['dim']}, K={mix['components']})" if mix else "")
+            lines.append(
+                f"| {name} | {r['nfe']} | **{_fmt(r['tuned'])}** | {_fmt(r['auto'])} | "
+                f"{_fmt(r['peer'])} | {_fmt(r['auto_2n'])} | {_fmt(r['peer_2n'])} | "
+                f"{r['tuned'] / r['peer_2n']:.2f} | {r['calibration_calls']} calls, "
+                f"{r['calibration_seconds']:.0f} s |"
+            )
+        lines += [
+            "",
+            "Tuned samplers: "
+            + "; ".join(
+                f"{r['problem']} n={r['nfe']}: {r['solver']} orders {r['orders']}, "
+                f"{r['grid']} grid start"
+                for r in rows
+            ),
+            "",
+            "Best peers at 2n: "
+            + "; ".join(f"{r['problem']} {2 * r['nfe']}: {r['peer_2n_name']}" for r in rows),
+            "",
+        ]
+    if transfer:
+        lines += [
+            "## Transfer across models",
+            "",
+            "| tuned on -> applied to | NFE | transferred config | plain auto |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['case']} | {r['nfe']} | {_fmt(r['transferred'])} | {_fmt(r['auto'])} |"
+            for r in transfer
+        ]
+        lines.append("")
+    if digits:
+        best = {}
+        for r in digits["untuned"]:
+            for metric in ("fid", "rmse"):
+                key = (r["guidance"], r["nfe"], metric)
+                if key not in best or r[metric] < best[key][metric]:
+                    best[key] = r
+        lines += [
+            "## Embedded digits-unet",
+            "",
+            _made_by(digits["meta"]),
+            "",
+            f"{digits['meta']['digits_samples']} samples (equal classes). FID: classifier "
+            "features against the held-out test digits (real-data floor at this size and class "
+            f"mix: {digits['floor']:.2f}). RMSE: against the 500-call teacher from the same "
+            "noises. Best untuned: the best of "
+            f"{', '.join(DIGITS_SOLVERS)} for that metric.",
+            "",
+            "| guidance | teacher FID | tuned NFE 5 FID | best untuned NFE 5 / 10 FID | "
+            "tuned NFE 5 RMSE | best untuned NFE 5 / 10 RMSE | tuned accuracy | calibration |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for t in digits["tuned"]:
+            w = t["guidance"]
+            f5, f10 = best[(w, 5, "fid")], best[(w, 10, "fid")]
+            r5, r10 = best[(w, 5, "rmse")], best[(w, 10, "rmse")]
+            lines.append(
+                f"| {w:g} | {digits['teacher'][str(w)]:.2f} | **{t['fid']:.2f}** | "
+                f"{f5['fid']:.2f} ({f5['solver']}) / {f10['fid']:.2f} ({f10['solver']}) | "
+                f"**{t['rmse']:.4f}** | {r5['rmse']:.4f} ({r5['solver']}) / "
+                f"{r10['rmse']:.4f} ({r10['solver']}) | {t['accuracy']:.3f} | "
+                f"{t['calibration_calls']} calls, {t['calibration_seconds']:.0f} s |"
+            )
+        if digits["transfer"]:
+            lines += [
+                "",
+                "| tuned at guidance | sampled at | FID | RMSE | best untuned NFE 5 RMSE there |",
+                "|---|---|---|---|---|",
+            ]
+            for r in digits["transfer"]:
+                lines.append(
+                    f"| {r['tuned_at']:g} | {r['guidance']:g} | {r['fid']:.2f} | "
+                    f"{r['rmse']:.4f} | {best[(r['guidance'], 5, 'rmse')]['rmse']:.4f} |"
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(gmm, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({r["problem"] for r in gmm})
+    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.5), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        rows = [r for r in gmm if r["problem"] == name and not r["mixture"]]
+        n = [r["nfe"] for r in rows]
+        ax.loglog(n, [r["tuned"] for r in rows], "k-o", lw=2.5, label="fewstep tuned @ n")
+        ax.loglog(n, [r["auto"] for r in rows], "b-s", label="fewstep auto @ n")
+        ax.loglog(n, [r["peer"] for r in rows], "r--^", label="best peer @ n")
+        ax.loglog(n, [r["peer_2n"] for r in rows], "r:v", label="best peer @ 2n")
+        ax.set_xticks(n, [str(k) for k in n])
+        ax.minorticks_off()
+        ax.set_title(f"{name}: held-out error against NFE")
+        ax.set_xlabel("NFE n (model calls)")
+        ax.set_ylabel("mean RMSE vs exact")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def run_mixtures(args) -> dict:
+    """The exact mixtures, the unseen mixture and transfer between them."""
+    gmm, unseen, transfer, seen = [], [], [], {}
+    for name in ("gmm-vp", "gmm-flow"):
+        rows, configs, target = gmm_rows(name, args.nfes, args)
+        gmm += rows
+        seen[name] = (configs, target)
+    rows, configs, target = gmm_rows("gmm-vp", args.nfes[:2], args, **UNSEEN)
+    unseen += rows
+    own, seen_target = seen["gmm-vp"]
+    transfer += transfer_rows(own, target, "gmm-vp -> unseen mixture")
+    transfer += transfer_rows(configs, seen_target, "unseen mixture -> gmm-vp")
+    return dict(gmm=gmm, unseen=unseen, transfer=transfer)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--nfes", type=int, nargs="+", default=[5, 6, 8, 10])
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--calibration", type=int, default=128)
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--digits-samples", type=int, default=1000)
+    parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0])
+    parser.add_argument(
+        "--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS, help="what to run"
+    )
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    if args.quick:
+        args.nfes, args.samples, args.calibration, args.iterations = [5], 64, 32, 20
+        args.digits_samples, args.guidance = 200, [1.0, 2.0]
+    out = Path(args.out)
+    suffix = "_quick" if args.quick else ""
+    command = "python bench/tuner.py " + " ".join(sys.argv[1:])
+    for section in args.sections:
+        start = time.perf_counter()
+        data = run_mixtures(args) if section == "mixtures" else digits_rows(args)
+        data["meta"] = dict(
+            command=command.strip(),
+            minutes=(time.perf_counter() - start) / 60,
+            calibration=args.calibration,
+            iterations=args.iterations,
+            samples=args.samples,
+            digits_samples=args.digits_samples,
+        )
+        atomic_write_text(out / f"tuner_{section}{suffix}.json", json.dumps(data, indent=1))
+    # the report joins every section's latest results
+    sections = {
+        name: json.loads(path.read_text())
+        for name in SECTIONS
+        if (path := out / f"tuner_{name}{suffix}.json").exists()
+    }
+    text = report(sections)
+    atomic_write_text(out / f"tuner{suffix}.md", text)
+    if "mixtures" in sections:
+        plot(sections["mixtures"]["gmm"], out / f"tuner{suffix}.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

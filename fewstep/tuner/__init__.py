@@ -1,0 +1,7 @@
+"""The tuner: calibrate a sampler's times, orders and coefficients to a model and budget."""
+
+from .config import Correction, SamplerConfig
+from .teacher import Teacher
+from .tune import calibration_loss, tune
+
+__all__ = ["Correction", "SamplerConfig", "Teacher", "calibration_loss", "tune"]

@@ -1,0 +1,245 @@
+"""Gradient refinement of a sampler: times and coefficients learned through the sampler.
+
+The solver is compiled on points whose fields are 0-d tensors, so every coefficient is a
+differentiable function of the times; additive corrections on every combination's scale and
+data coefficients (over all earlier evaluations, as bespoke solvers and learnable sampler
+distillation learn them) are parameters too. The sampler runs with autograd on, its output
+is compared with the teacher's target, and Adam updates times and corrections. A quarter of
+the calibration noises is held out: the parameters kept are those with the best held-out
+median error seen (the starting ones included), so the fit stops where it overfits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..model import Model, Point
+from ..program import Combine, Program
+from ..sampling import run
+from ..schedules import NoiseSchedule
+from ..solvers import Grid, Solver
+from ..spacing import classical_sigma, t_of_classical_sigma
+from .config import Correction, corrected, shifted
+from .teacher import Teacher
+
+#: gradient steps between evaluations on the held-out calibration noises
+VALIDATE_EVERY = 5
+
+
+def _split(batch: int) -> tuple[slice, slice]:
+    """Fit and held-out parts of the calibration batch (all of it for both when tiny)."""
+    if batch < 8:
+        return slice(None), slice(None)
+    cut = batch - batch // 4
+    return slice(0, cut), slice(cut, batch)
+
+
+def _subset(x: Tensor, target: Tensor, cond, uncond, part: slice):
+    """The inputs of one part of the batch; conditioning tensors with a batch axis follow."""
+
+    def pick(inputs):
+        if inputs is None:
+            return None
+        return {
+            k: v[part] if isinstance(v, Tensor) and v.ndim and v.shape[0] == x.shape[0] else v
+            for k, v in inputs.items()
+        }
+
+    return x[part], target[part], pick(cond), pick(uncond)
+
+
+def per_sample_rmse(x: Tensor, target: Tensor) -> Tensor:
+    """RMSE of each sample against its target."""
+    return (x - target).pow(2).reshape(x.shape[0], -1).mean(1).add(1e-20).sqrt()
+
+
+def sample_rmse(x: Tensor, target: Tensor) -> Tensor:
+    """Mean over samples of the per-sample RMSE: the metric fewstep reports, fitted directly
+    (a pooled MSE would let a few hard samples dominate)."""
+    return per_sample_rmse(x, target).mean()
+
+
+def tensor_points(schedule: NoiseSchedule, times: Tensor) -> tuple[Point, ...]:
+    """Points whose fields are differentiable 0-d tensors."""
+    alpha, sigma = schedule.alpha_sigma(times)
+    d_alpha, d_sigma = schedule.alpha_sigma_derivative(times)
+    lam = schedule.lam(times)
+    return tuple(
+        Point(times[i], alpha[i], sigma[i], lam[i], d_alpha[i], d_sigma[i])
+        for i in range(len(times))
+    )
+
+
+class GridParameters(nn.Module):
+    """Strictly decreasing times from t_max: softmax-weighted gaps in log tau (the classical
+    noise level), down to an end that is learnable (at or above t_min) or pinned at t_min."""
+
+    def __init__(self, schedule: NoiseSchedule, times: Sequence[float], learn_end: bool = True):
+        super().__init__()
+        self.schedule = schedule
+        t = torch.tensor(list(times), dtype=torch.float64)
+        s = torch.log(classical_sigma(schedule, t))
+        self.s_start = float(s[0])
+        self.s_min = float(torch.log(classical_sigma(schedule, torch.tensor(schedule.t_min))))
+        self.n = len(times)
+        gaps = (s[:-1] - s[1:]).clamp_min(1e-6)
+        self.theta = nn.Parameter(torch.log(gaps / gaps.sum()))
+        end_gap = max(float(s[-1]) - self.s_min, 1e-4)
+        self.phi = nn.Parameter(
+            torch.tensor(math.log(end_gap), dtype=torch.float64), requires_grad=learn_end
+        )
+        self.learn_end = learn_end
+
+    def times(self) -> Tensor:
+        if self.n == 1:
+            return torch.tensor([self.schedule.t_max], dtype=torch.float64)
+        s_end = self.s_min + torch.exp(self.phi) if self.learn_end else torch.tensor(self.s_min)
+        s_end = torch.minimum(s_end, torch.tensor(self.s_start - 1e-3, dtype=torch.float64))
+        fractions = torch.softmax(self.theta, 0)
+        s = self.s_start - torch.cat([fractions.new_zeros(1), fractions.cumsum(0)]) * (
+            self.s_start - s_end
+        )
+        t = t_of_classical_sigma(self.schedule, torch.exp(s[1:]))
+        t = torch.clamp(t, self.schedule.t_min, self.schedule.t_max)
+        return torch.cat([torch.tensor([self.schedule.t_max], dtype=torch.float64), t])
+
+
+def correction_parameters(program: Program) -> nn.ParameterList:
+    """Zero-initialised corrections: per combination, its scale and a data coefficient for
+    every evaluation made before it."""
+    params, made = [], 0
+    for ins in program.instructions:
+        if isinstance(ins, Combine):
+            params.append(nn.Parameter(torch.zeros(1 + made, dtype=torch.float64)))
+        else:
+            made += 1
+    return nn.ParameterList(params)
+
+
+def as_corrections(params: nn.ParameterList, detach: bool = False) -> list[Correction]:
+    out = []
+    for p in params:
+        v = p.detach() if detach else p
+        scale = float(v[0]) if detach else v[0]
+        data = {j: (float(v[1 + j]) if detach else v[1 + j]) for j in range(len(v) - 1)}
+        out.append(Correction(scale, data))
+    return out
+
+
+def refine(
+    model: Model,
+    solver: Solver,
+    nfe: int,
+    times: Sequence[float],
+    teacher: Teacher,
+    *,
+    iterations: int = 200,
+    learn_times: bool = True,
+    learn_end: bool = True,
+    learn_coefficients: bool = True,
+    learn_call_times: bool = True,
+    lr_times: float = 0.03,
+    lr_coefficients: float = 2e-3,
+    progress=None,
+) -> tuple[list[float], list[Correction], list[float] | None, float, float]:
+    """(times, corrections, call times, held-out median RMSE before and after), fitting
+    the sampler's mean per-sample RMSE against the teacher's target on three quarters of its
+    noises. Call times (the times
+    the network sees, offsets in log tau from the grid's) are learned with
+    ``learn_call_times``: the time-shift sampler's correction of exposure bias."""
+    schedule = model.schedule
+    grid = GridParameters(schedule, times, learn_end and learn_times)
+    grid.theta.requires_grad_(learn_times)
+    base = solver.compile(Grid(schedule, tensor_points(schedule, grid.times().detach())), nfe)
+    corrections = correction_parameters(base)
+    for p in corrections:
+        p.requires_grad_(learn_coefficients)
+    # the first call stays at t_max (where the flow's noise level is infinite)
+    shifts = torch.zeros(nfe - 1, dtype=torch.float64, requires_grad=learn_call_times)
+    groups = []
+    if learn_times:
+        groups.append(
+            {"params": [grid.theta, grid.phi] if grid.learn_end else [grid.theta], "lr": lr_times}
+        )
+    if learn_coefficients:
+        groups.append({"params": list(corrections), "lr": lr_coefficients})
+    if learn_call_times:
+        groups.append({"params": [shifts], "lr": lr_times})
+    x0 = teacher.noise.to(torch.float64) * schedule.initial_scale(schedule.t_max)
+    target = teacher.target.to(torch.float64)
+    tau_range = classical_sigma(
+        schedule, torch.tensor([schedule.t_min, schedule.t_max], dtype=torch.float64)
+    )
+
+    def program_now() -> Program:
+        pts = tensor_points(schedule, grid.times())
+        program = corrected(solver.compile(Grid(schedule, pts), nfe), as_corrections(corrections))
+        return (
+            shifted(program, tensor_points(schedule, call_times(program)))
+            if learn_call_times
+            else program
+        )
+
+    def call_times(program: Program) -> Tensor:
+        base_t = torch.stack(
+            [torch.as_tensor(ins.point.t, dtype=torch.float64) for ins in program.evaluations]
+        )
+        tau = classical_sigma(schedule, base_t) * torch.exp(
+            torch.cat([shifts.new_zeros(1), shifts])
+        )
+        tau = torch.minimum(torch.maximum(tau, tau_range[0]), tau_range[1])
+        return torch.clamp(t_of_classical_sigma(schedule, tau), schedule.t_min, schedule.t_max)
+
+    fit, held = _split(x0.shape[0])
+    fit_inputs = _subset(x0, target, teacher.cond, teacher.uncond, fit)
+    held_inputs = _subset(x0, target, teacher.cond, teacher.uncond, held)
+
+    def errors(program: Program, inputs) -> Tensor:
+        x, y, cond, uncond = inputs
+        return per_sample_rmse(run(model, program, x, cond=cond, uncond=uncond), y)
+
+    def snapshot():
+        # the median: a held-out sample whose teacher ends in another mode (an error no
+        # sampler of this budget fixes) must not decide which parameters are kept
+        with torch.no_grad():
+            program = program_now()
+            value = float(errors(program, held_inputs).median())
+            calls = (
+                [float(ins.point.t) for ins in program.evaluations] if learn_call_times else None
+            )
+            return (
+                value,
+                [float(t) for t in grid.times()],
+                as_corrections(corrections, detach=True) if learn_coefficients else [],
+                calls,
+            )
+
+    best = snapshot()
+    start = best[0]
+    if groups:
+        optimizer = torch.optim.Adam(groups)
+        decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, iterations))
+        for i in range(iterations):
+            optimizer.zero_grad()
+            loss = errors(program_now(), fit_inputs).mean()
+            if not torch.isfinite(loss):
+                break
+            loss.backward()
+            grads = [p.grad for g in groups for p in g["params"] if p.grad is not None]
+            if not all(bool(torch.isfinite(g).all()) for g in grads):
+                break  # a step would poison the parameters: keep the best seen
+            optimizer.step()
+            decay.step()
+            if (i + 1) % VALIDATE_EVERY == 0 or i + 1 == iterations:
+                current = snapshot()
+                if current[0] < best[0]:
+                    best = current
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(held_out_median=f"{best[0]:.3e}")
+    value, best_times, best_corrections, best_calls = best
+    return best_times, best_corrections, best_calls, start, value

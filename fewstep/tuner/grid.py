@@ -1,0 +1,74 @@
+"""Choosing a time grid on a teacher trajectory by dynamic programming (as GITS and optimal
+stepsize distillation do).
+
+The cost of a step from teacher point a to point b is the error of one first-order
+exponential step (DDIM) started from the teacher's state at a, against the teacher's state
+at b, measured in the classical frame (x / (alpha - k sigma), where errors near the data
+are data errors). Stopping at point e costs the error of the data prediction there against
+the target. The path of n points from t_max with the least total cost is the grid.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..model import Model, points
+from .teacher import Teacher
+
+
+def _mean_sq(x: Tensor) -> Tensor:
+    return x.pow(2).reshape(*x.shape[:2], -1).mean(-1).mean(-1)  # over batch and features
+
+
+def step_costs(model: Model, teacher: Teacher) -> tuple[Tensor, Tensor, int]:
+    """(cost[a, b] of a DDIM step a -> b, end cost[e], model calls made)."""
+    schedule = model.schedule
+    pts = points(schedule, teacher.times)
+    before = model.nfe
+    with torch.no_grad():
+        data = torch.stack(
+            [
+                model.evaluate(teacher.states[k], p, teacher.cond, teacher.uncond).data
+                for k, p in enumerate(pts)
+            ]
+        )
+    alpha = torch.tensor([p.alpha for p in pts], dtype=teacher.states.dtype)
+    sigma = torch.tensor([p.sigma for p in pts], dtype=teacher.states.dtype)
+    frame = alpha - schedule.classical_k * sigma
+    shape = (-1, *([1] * (teacher.states.ndim - 1)))
+    n = len(pts)
+    cost = torch.full((n, n), float("inf"), dtype=torch.float64)
+    for a in range(n - 1):
+        ratio = (sigma[a + 1 :] / sigma[a]).view(shape)
+        coef = (alpha[a + 1 :] - alpha[a] * sigma[a + 1 :] / sigma[a]).view(shape)
+        pred = ratio * teacher.states[a] + coef * data[a]
+        err = (pred - teacher.states[a + 1 :]) / frame[a + 1 :].view(shape)
+        cost[a, a + 1 :] = _mean_sq(err).double()
+    end = _mean_sq(data - teacher.target).double()
+    return cost, end, model.nfe - before
+
+
+def dp_grid(
+    cost: Tensor, end: Tensor, n_points: int, times: Tensor, early_end: bool = True
+) -> list[float]:
+    """The n_points teacher times from the first minimising the summed step costs plus the
+    end cost (ending at the last teacher time unless ``early_end``)."""
+    n = cost.shape[0]
+    if n_points == 1:
+        return [float(times[0])]
+    best = torch.full((n_points, n), float("inf"), dtype=torch.float64)
+    back = torch.zeros((n_points, n), dtype=torch.long)
+    best[0, 0] = 0.0
+    for k in range(1, n_points):
+        total = best[k - 1].unsqueeze(1) + cost  # [a, b]
+        best[k], back[k] = total.min(0)
+    final = best[n_points - 1] + end
+    if not early_end:
+        final[:-1] = float("inf")
+    j = int(final.argmin())
+    path = [j]
+    for k in range(n_points - 1, 0, -1):
+        j = int(back[k, j])
+        path.append(j)
+    return [float(times[i]) for i in reversed(path)]

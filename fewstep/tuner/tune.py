@@ -1,0 +1,227 @@
+"""``fewstep.tune``: calibrate a sampler to a model and a budget of model calls.
+
+Stages, each keeping the best calibration loss seen so far (the plain solver on the default
+grid is the first candidate, so tuning never makes the calibration loss worse):
+
+1. grid: the default grid of ``solver="auto"``, and a grid chosen by dynamic programming
+   on the teacher trajectory (GITS / optimal stepsize distillation);
+2. solver and per-step orders: a few solvers, then each step's order, greedily (as S^3 does);
+3. gradient: times and per-step coefficient corrections through the sampler (bespoke
+   solvers, learnable sampler distillation, DC-Solver's compensation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .. import defaults
+from ..errors import ArgumentError
+from ..model import Model
+from ..sampling import plan, run
+from ..solvers import get_solver
+from ..spacing import Times
+from .config import SamplerConfig
+from .gradient import refine, sample_rmse
+from .grid import dp_grid, step_costs
+from .teacher import Teacher
+
+METHODS = ("grid", "orders", "coefficients", "full")
+#: solvers the order search starts from (those that take per-step ``orders``)
+CANDIDATES = [("unipc", {"order": 3}), ("unipc", {"order": 2}), ("dpmpp_3m", {}), ("dpmpp_2m", {})]
+
+_TEACHERS: dict[tuple, Teacher] = {}
+
+
+def _key(model: Model, noise: Tensor, cond) -> tuple:
+    digest = hashlib.sha1(noise.detach().cpu().numpy().tobytes()).hexdigest()
+    return (
+        id(model.fn),
+        model.prediction,
+        repr(model.schedule.config())[:200],
+        digest,
+        repr(cond)[:200],
+    )
+
+
+def teacher_for(
+    model: Model, noise: Tensor, cond=None, uncond=None, target: Tensor | None = None
+) -> Teacher:
+    """The teacher for these calibration inputs, computed once per (model, noises) and cached
+    in memory so that tuning several budgets reuses it."""
+    key = _key(model, noise, cond)
+    if key not in _TEACHERS:
+        _TEACHERS[key] = Teacher.solve(model, noise, cond=cond, uncond=uncond, target=target)
+    return _TEACHERS[key]
+
+
+def calibration_loss(
+    model: Model, teacher: Teacher, solver: str, options: dict, nfe: int, times
+) -> float:
+    """Mean per-sample RMSE of the plain solver on these times against the teacher's target."""
+    try:
+        _, _, program = plan(model, solver, nfe, Times(tuple(times)), **options)
+    except ArgumentError:
+        return float("inf")
+    x0 = teacher.noise.to(torch.float64) * model.schedule.initial_scale(model.schedule.t_max)
+    with torch.no_grad():
+        out = run(model, program, x0, cond=teacher.cond, uncond=teacher.uncond)
+    return float(sample_rmse(out, teacher.target.to(out)))
+
+
+def config_loss(model: Model, teacher: Teacher, config: SamplerConfig) -> float:
+    """Mean per-sample RMSE of a configured sampler against the teacher's target."""
+    x0 = teacher.noise.to(torch.float64) * model.schedule.initial_scale(model.schedule.t_max)
+    with torch.no_grad():
+        out = run(model, config.program(model), x0, cond=teacher.cond, uncond=teacher.uncond)
+    return float(sample_rmse(out, teacher.target.to(out)))
+
+
+def tune(
+    model: Model,
+    nfe: int = 5,
+    *,
+    calibration: Tensor,
+    cond: Mapping[str, Any] | None = None,
+    uncond: Mapping[str, Any] | None = None,
+    solver: str | None = None,
+    method: str = "full",
+    teacher: Teacher | None = None,
+    target: Tensor | None = None,
+    iterations: int = 200,
+    progress: bool = True,
+) -> SamplerConfig:
+    """A sampler configuration for ``model`` at ``nfe`` model calls, fitted on the
+    ``calibration`` noises (and ``cond``/``uncond`` inputs).
+
+    Args:
+        solver: fix the base solver (a name with per-step ``orders``: unipc, dpmpp_2m,
+            dpmpp_3m); None searches a few.
+        method: "grid" (times only), "orders" (grid and per-step orders), "coefficients"
+            (coefficients on the default grid) or "full" (all of them).
+        teacher: a precomputed ``Teacher`` (otherwise computed and cached per noises).
+        target: the end points to fit instead of the teacher's (e.g. exact ODE solutions).
+        iterations: gradient steps.
+    """
+    if method not in METHODS:
+        raise ArgumentError("method", f"unknown {method!r}", f"one of {METHODS}")
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 2:
+        raise ArgumentError("nfe", f"tuning needs at least 2 model calls, got {nfe!r}")
+    if not isinstance(calibration, Tensor) or calibration.ndim < 2:
+        raise ArgumentError("calibration", "give the calibration noises as a (batch, ...) tensor")
+    start_time = time.perf_counter()
+    calls_before = model.nfe
+    cached = teacher is not None or _key(model, calibration, cond) in _TEACHERS
+    teacher = teacher or teacher_for(model, calibration, cond, uncond, target)
+    if target is not None:
+        teacher = replace(teacher, target=target)
+    schedule = model.schedule
+    bar = tqdm(total=iterations, desc=f"tuning nfe={nfe}", disable=not progress, leave=False)
+
+    # 1. candidate grids: the calibrated default and the teacher's dynamic programme
+    auto_name, auto_options, auto_spacing = defaults.auto(schedule, nfe)
+    candidates = [(auto_name, dict(auto_options))]
+    if solver is not None:
+        candidates = [(solver, {})]
+    elif (auto_name, auto_options) not in CANDIDATES:
+        candidates += CANDIDATES
+    else:
+        candidates += [c for c in CANDIDATES if c != (auto_name, auto_options)]
+    n_points = get_solver(candidates[0][0], **candidates[0][1]).grid_size(nfe, False)
+    grids = {"default": auto_spacing.times(schedule, n_points).tolist()}
+    if method in ("grid", "orders", "full"):
+        cost, end, _ = step_costs(model, teacher)
+        grids["dp"] = dp_grid(cost, end, n_points, teacher.times)
+    scored = []
+    for name, options in candidates[: 1 if method in ("grid", "coefficients") else None]:
+        for label, times in grids.items():
+            if get_solver(name, **options).grid_size(nfe, False) != len(times):
+                continue
+            scored.append(
+                (
+                    calibration_loss(model, teacher, name, options, nfe, times),
+                    name,
+                    options,
+                    times,
+                    label,
+                )
+            )
+    start_loss = scored[0][0]  # the plain default: the starting point
+    loss, name, options, times, grid_label = min(scored, key=lambda r: r[0])
+
+    # 2. per-step orders, greedily
+    if method in ("orders", "full") and "orders" in get_solver(name, **options).options():
+        order = get_solver(name, **options).order
+        orders = [order] * (len(times) - 1)
+        for _ in range(2):
+            improved = False
+            for i in range(len(orders)):
+                for k in range(1, order + 1):
+                    if k == orders[i]:
+                        continue
+                    trial = [*orders[:i], k, *orders[i + 1 :]]
+                    value = calibration_loss(
+                        model, teacher, name, {**options, "orders": trial}, nfe, times
+                    )
+                    if value < loss:
+                        loss, orders, improved = value, trial, True
+            if not improved:
+                break
+        options = {**options, "orders": orders}
+
+    # 3. times and coefficients through the sampler
+    corrections, call_times = [], None
+    if method in ("grid", "coefficients", "full"):
+        new_times, new_corrections, new_calls, _, _ = refine(
+            model,
+            get_solver(name, **options),
+            nfe,
+            times,
+            teacher,
+            iterations=iterations,
+            learn_times=method != "coefficients",
+            learn_coefficients=method != "grid",
+            learn_call_times=method == "full",
+            progress=bar,
+        )
+        candidate = SamplerConfig(
+            name,
+            options,
+            new_times,
+            nfe,
+            schedule.config(),
+            model.prediction,
+            new_corrections,
+            new_calls,
+        )
+        refined = config_loss(model, teacher, candidate)  # on all calibration noises
+        if refined < loss:  # otherwise the searched sampler stands
+            times, corrections, call_times, loss = new_times, new_corrections, new_calls, refined
+    bar.close()
+    return SamplerConfig(
+        solver=name,
+        options={k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()},
+        times=[float(t) for t in times],
+        nfe=nfe,
+        schedule=schedule.config(),
+        prediction=model.prediction,
+        corrections=corrections,
+        call_times=call_times,
+        meta={
+            "method": method,
+            "grid": grid_label,
+            "calibration_samples": int(calibration.shape[0]),
+            "calibration_rmse_start": start_loss,
+            "calibration_rmse": loss,
+            "teacher_calls": 0 if cached else teacher.calls,
+            "tuning_calls": model.nfe - calls_before,
+            "seconds": time.perf_counter() - start_time,
+        },
+    )

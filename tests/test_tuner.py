@@ -1,0 +1,148 @@
+"""The tuner: it improves the calibration loss, its configurations round-trip and keep the
+sampler's invariants, and every consumer (sample, diffusers) runs them alike."""
+
+import pytest
+import torch
+
+import fewstep
+from fewstep.reference import problem, rmse
+from fewstep.tuner import SamplerConfig, Teacher, calibration_loss
+from fewstep.tuner.tune import _TEACHERS
+
+
+@pytest.fixture(scope="module")
+def setup():
+    pb = problem("gmm-vp", dim=8, components=3, seed=6)
+    model = pb.model()
+    calibration = pb.noise(32, seed=1)
+    target = pb.reference(calibration)
+    config = fewstep.tune(
+        model, 4, calibration=calibration, target=target, iterations=40, progress=False
+    )
+    return pb, model, calibration, target, config
+
+
+def test_tuning_improves_the_calibration_loss(setup):
+    _, _, _, _, config = setup
+    assert config.meta["calibration_rmse"] < 0.8 * config.meta["calibration_rmse_start"]
+    assert config.meta["tuning_calls"] > 0 and config.meta["seconds"] > 0
+
+
+def test_tuned_sampler_keeps_the_invariants(setup):
+    pb, _, _, _, config = setup
+    sch = pb.schedule
+    times = torch.tensor(config.times)
+    assert bool(torch.all(times[1:] < times[:-1]))
+    assert float(times[0]) == sch.t_max and float(times.min()) >= sch.t_min
+    model = pb.model()
+    out = fewstep.sample(model, pb.noise(5, seed=9), config=config)
+    assert model.nfe == config.nfe == 4 and bool(torch.isfinite(out).all())
+    if config.call_times is not None:
+        assert len(config.call_times) == 4
+        assert all(sch.t_min <= t <= sch.t_max for t in config.call_times)
+
+
+def test_config_round_trips_through_json(setup, tmp_path):
+    pb, model, _, _, config = setup
+    path = tmp_path / "tuned.json"
+    config.save(path)
+    again = SamplerConfig.load(path)
+    noise = pb.noise(6, seed=3)
+    a = fewstep.sample(model, noise, config=config)
+    b = fewstep.sample(model, noise, config=again)
+    c = fewstep.sample(model, noise, config=str(path))
+    assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_tuned_beats_the_plain_solver_on_held_out_noise(setup):
+    pb, model, _, _, config = setup
+    held = pb.noise(64, seed=77)
+    ref = pb.reference(held)
+    tuned = float(rmse(fewstep.sample(model, held, config=config), ref).mean())
+    plain = float(rmse(fewstep.sample(model, held, nfe=4), ref).mean())
+    assert tuned < plain
+
+
+def test_methods_and_the_teacher_cache(setup):
+    _pb, model, calibration, target, _ = setup
+    grid_only = fewstep.tune(
+        model,
+        4,
+        calibration=calibration,
+        target=target,
+        method="grid",
+        iterations=10,
+        progress=False,
+    )
+    assert grid_only.corrections == [] and grid_only.call_times is None
+    assert grid_only.meta["teacher_calls"] == 0  # reused from the first tuning
+    fresh = Teacher.solve(model, calibration, points=20, refine=1, target=target)
+    loss = calibration_loss(model, fresh, grid_only.solver, grid_only.options, 4, grid_only.times)
+    assert abs(loss - grid_only.meta["calibration_rmse"]) < 1e-9  # the reported loss is real
+    assert (
+        grid_only.meta["calibration_rmse"] <= grid_only.meta["calibration_rmse_start"]
+    )  # never worse
+    assert len(_TEACHERS) >= 1
+
+
+def test_config_refuses_other_models_and_options(setup):
+    pb, model, _, _, config = setup
+    flow = problem("gmm-flow", dim=8, components=3, seed=6).model()
+    with pytest.raises(fewstep.ArgumentError, match="schedule"):
+        fewstep.sample(flow, pb.noise(2), config=config)
+    with pytest.raises(fewstep.ArgumentError, match="config"):
+        fewstep.sample(model, pb.noise(2), config=config, solver="ddim")
+    with pytest.raises(fewstep.ArgumentError, match="nfe"):
+        fewstep.tune(model, 1, calibration=pb.noise(4))
+    with pytest.raises(fewstep.ArgumentError, match="method"):
+        fewstep.tune(model, 4, calibration=pb.noise(4), method="magic")
+
+
+def test_diffusers_scheduler_runs_a_tuned_config(setup, tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    from fewstep.integrations.diffusers import FewstepScheduler
+
+    pb, model, _, _, config = setup
+    path = tmp_path / "tuned.json"
+    config.save(path)
+    base = diffusers.DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012
+    )
+    sched = FewstepScheduler.from_config(base.config, tuned=str(path))
+    sched.set_timesteps(config.nfe)
+    noise = pb.noise(3, seed=4)
+    x = noise.clone()
+    for t in sched.timesteps:
+        out = model.fn(x, torch.full((3,), float(t), dtype=torch.float64))
+        x = sched.step(out, t, x).prev_sample
+    torch.testing.assert_close(x, fewstep.sample(model, noise, config=config), rtol=1e-6, atol=1e-8)
+    with pytest.raises(fewstep.ArgumentError, match="num_inference_steps"):
+        sched.set_timesteps(config.nfe + 3)
+
+
+def test_guided_conditional_model_tunes():
+    """Gradient tuning through a guided, class-conditional network (a shipped digits model)."""
+    from fewstep.models import load
+
+    model = load("digits-unet", guidance_scale=2.0)
+    noise = fewstep.randn((8, *model.image_shape), seed=5)
+    y = torch.arange(8) % 10
+    cond, uncond = {"y": y}, {"y": torch.full_like(y, model.null_class)}
+    teacher = Teacher.solve(model, noise, points=12, refine=1, cond=cond, uncond=uncond)
+    config = fewstep.tune(
+        model, 3, calibration=noise, teacher=teacher, iterations=4, progress=False
+    )
+    assert config.meta["calibration_rmse"] <= config.meta["calibration_rmse_start"]
+    out = fewstep.sample(model, noise, config=config, cond=cond, uncond=uncond)
+    assert out.shape == noise.shape and bool(torch.isfinite(out).all())
+
+
+def test_tune_command_writes_a_config_that_sample_accepts(tmp_path, capsys):
+    from fewstep.cli import main
+
+    args = ["--model", "gmm-vp", "--nfe", "3", "--calibration", "8", "--iterations", "3"]
+    assert main(["tune", *args, "--out", str(tmp_path)]) == 0
+    path = tmp_path / "gmm-vp-nfe3.json"
+    assert SamplerConfig.load(path).nfe == 3
+    assert main(["sample", "--config", str(path), "--num-samples", "4"]) == 0
+    assert "3 model calls" in capsys.readouterr().out
