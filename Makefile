@@ -21,7 +21,7 @@ demo: $(VENV)/.installed
 	$(BIN)/fewstep demo
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check fewstep tests bench

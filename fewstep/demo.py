@@ -133,6 +133,7 @@ def _worker(name: str, cfg: DemoConfig) -> ModelResult:
 
 
 def _measure(name: str, cfg: DemoConfig, metrics: DigitsMetrics, progress: Progress) -> ModelResult:
+    """The teacher, the solver sweep and the guidance table of one model."""
     model = load(name, guidance_scale=cfg.guidance)
 
     def tick(*_) -> None:  # a forward hook that returns something replaces the output
