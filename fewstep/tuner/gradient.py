@@ -169,7 +169,7 @@ def refine(
         groups.append({"params": list(corrections), "lr": lr_coefficients})
     if learn_call_times:
         groups.append({"params": [shifts], "lr": lr_times})
-    x0 = teacher.noise.to(torch.float64) * schedule.initial_scale(schedule.t_max)
+    x0 = teacher.start(schedule)
     target = teacher.target.to(torch.float64)
     tau_range = classical_sigma(
         schedule, torch.tensor([schedule.t_min, schedule.t_max], dtype=torch.float64)

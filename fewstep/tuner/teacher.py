@@ -33,6 +33,10 @@ class Teacher:
     cond: Mapping[str, Any] | None = None
     uncond: Mapping[str, Any] | None = None
 
+    def start(self, schedule) -> Tensor:
+        """The float64 starting state of every sampler fitted to this teacher."""
+        return self.noise.to(torch.float64) * schedule.initial_scale(schedule.t_max)
+
     @classmethod
     def solve(
         cls,

@@ -70,17 +70,19 @@ def calibration_loss(
         _, _, program = plan(model, solver, nfe, Times(tuple(times)), **options)
     except ArgumentError:
         return float("inf")
-    x0 = teacher.noise.to(torch.float64) * model.schedule.initial_scale(model.schedule.t_max)
-    with torch.no_grad():
-        out = run(model, program, x0, cond=teacher.cond, uncond=teacher.uncond)
-    return float(sample_rmse(out, teacher.target.to(out)))
+    return program_loss(model, teacher, program)
 
 
 def config_loss(model: Model, teacher: Teacher, config: SamplerConfig) -> float:
     """Mean per-sample RMSE of a configured sampler against the teacher's target."""
-    x0 = teacher.noise.to(torch.float64) * model.schedule.initial_scale(model.schedule.t_max)
+    return program_loss(model, teacher, config.program(model))
+
+
+def program_loss(model: Model, teacher: Teacher, program) -> float:
+    """Mean per-sample RMSE of a compiled program from the teacher's noises."""
     with torch.no_grad():
-        out = run(model, config.program(model), x0, cond=teacher.cond, uncond=teacher.uncond)
+        x0 = teacher.start(model.schedule)
+        out = run(model, program, x0, cond=teacher.cond, uncond=teacher.uncond)
     return float(sample_rmse(out, teacher.target.to(out)))
 
 
