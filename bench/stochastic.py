@@ -37,6 +37,7 @@ torch.set_num_threads(2)
 NFES = (5, 10, 15, 20, 30, 50, 100)
 OURS = [
     ("auto", {}),
+    ("heun", {}),
     ("ddpm", {}),
     ("euler_ancestral", {}),
     ("dpmpp_2s_ancestral", {}),
@@ -48,6 +49,8 @@ OURS = [
     ("restart", {}),
     ("restart", {"base": "auto_ode"}),
 ]
+ODE = {"auto", "heun"}
+RESTART_MIN_NFE = 15  # below this a restart leaves too few calls for the main solve
 FAILURES: list[str] = []
 
 
@@ -57,13 +60,18 @@ def label(solver, options):
 
 def _restart_options(pb, options, nfe):
     """Restart on Heun (the paper's) or on fewstep's default ODE solver, with one interval
-    (sigma 0.1 -> 2, two restarts of a fifth of the budget each, at least 5 calls)."""
-    inner = max(5, nfe // 5)
-    base = options.get("base", "heun")
-    out = {"intervals": [(0.1, 2.0, 2, inner)]}
-    if base == "auto_ode":
-        name, base_options, _ = fewstep.defaults.auto(pb.schedule, max(5, nfe - 2 * (inner - 1)))
-        out.update(base=name, base_options=base_options)
+    (sigma 0.1 -> 2): below 30 calls one restart of 5 inner calls (two Heun steps: one
+    step across the interval is unstable), from 30 on two restarts of a fifth of the budget
+    each. Candidates in order: where Heun cannot split the budget exactly, one inner call
+    more."""
+    restarts, inner = (1, 5) if nfe < 30 else (2, max(5, nfe // 5))
+    out = []
+    for k in (inner, inner + 1):
+        opts = {"intervals": [(0.1, 2.0, restarts, k)]}
+        if options.get("base") == "auto_ode":
+            name, base_options, _ = fewstep.defaults.auto(pb.schedule, nfe - restarts * (k - 1))
+            opts.update(base=name, base_options=base_options)
+        out.append(opts)
     return out
 
 
@@ -71,18 +79,26 @@ def run_ours(pb, noise, exact, nfes, rows):
     model = pb.model()
     for solver, options in OURS:
         for nfe in nfes:
-            opts = _restart_options(pb, options, nfe) if solver == "restart" else dict(options)
-            try:
-                x = fewstep.sample(
-                    model,
-                    noise,
-                    solver=solver,
-                    nfe=nfe,
-                    seed=None if solver == "auto" else 0,
-                    **opts,
-                )
-            except fewstep.FewstepError as err:
-                FAILURES.append(f"{pb.name} fewstep {label(solver, options)} NFE {nfe}: {err}")
+            where = f"{pb.name} fewstep {label(solver, options)} NFE {nfe}"
+            if solver == "restart" and nfe < RESTART_MIN_NFE:
+                FAILURES.append(f"{where}: not run below {RESTART_MIN_NFE} calls")
+                continue
+            tries = _restart_options(pb, options, nfe) if solver == "restart" else [options]
+            for opts in tries:
+                try:
+                    x = fewstep.sample(
+                        model,
+                        noise,
+                        solver=solver,
+                        nfe=nfe,
+                        seed=0 if _stochastic(solver, opts) else None,
+                        **opts,
+                    )
+                    break
+                except fewstep.FewstepError as err:
+                    error = err
+            else:
+                FAILURES.append(f"{where}: {error}")
                 continue
             rows.append(
                 dict(
@@ -95,6 +111,10 @@ def run_ours(pb, noise, exact, nfes, rows):
                     sw2=sliced_wasserstein(x, exact),
                 )
             )
+
+
+def _stochastic(solver, options):
+    return solver != "auto" and fewstep.solvers.get_solver(solver, **options).stochastic
 
 
 def run_kdiffusion(pb, noise, exact, nfes, rows):
@@ -196,11 +216,51 @@ def best(rows, key):
     return out
 
 
-def report(rows, floors, nfes, elapsed, args):
+def restart_lines(prob, nfes):
+    """Restart against fewstep's SDE samplers and ODE solvers at equal NFE (the Restart
+    paper's claim is that it beats both)."""
+    ours = [r for r in prob if r["library"] == "fewstep"]
+    kinds = {
+        "Restart": lambda s: s.startswith("restart"),
+        "best SDE": lambda s: not s.startswith("restart") and s not in ODE,
+        "Heun ODE": lambda s: s == "heun",
+        "auto ODE": lambda s: s == "auto",
+    }
+    lines = [
+        "",
+        "Restart against SDE and ODE (fewstep, same NFE):",
+        "",
+        "| NFE | " + " | ".join(kinds) + " | Restart wins |",
+        "|---" * (len(kinds) + 2) + "|",
+    ]
+    for n in nfes:
+        cells, scores = [], {}
+        for kind, pick in kinds.items():
+            found = [r for r in ours if r["nfe"] == n and pick(r["sampler"])]
+            if found:
+                r = min(found, key=lambda r: r["sw2"])
+                scores[kind] = r["sw2"]
+                cells.append(f"{r['sw2']:.4f} ({r['sampler']})")
+            else:
+                cells.append("-")
+        others = [v for k, v in scores.items() if k != "Restart"]
+        wins = "-" if "Restart" not in scores else str(scores["Restart"] < min(others)).lower()
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {wins} |")
+    return lines
+
+
+def report(rows, floors, spreads, nfes, elapsed, args):
     lines = [
         "# Stochastic samplers: sliced W2 to exact draws",
         "",
-        f"`python bench/stochastic.py{' --quick' if args.quick else ''}` ({elapsed / 60:.1f} min, "
+        f"`python bench/stochastic.py{' --quick' if args.quick else ''}` ({elapsed / 60:.1f} min"
+        + (
+            f"; the peers' rows reused from a {args.peers_from / 60:.0f}-min run with "
+            "the same inputs, `--reuse-peers`"
+            if getattr(args, "peers_from", None)
+            else ""
+        )
+        + f", "
         f"{args.samples} samples, mixture of dimension {args.dim} with 8 components). Sliced "
         "Wasserstein-2 distance (512 directions) between the samples and as many exact draws; "
         "each peer sampler at its best spacing option; NFE counts every model call.",
@@ -211,7 +271,9 @@ def report(rows, floors, nfes, elapsed, args):
         samplers = sorted({(r["library"], r["sampler"]) for r in prob})
         lines += [
             "",
-            f"## {name} (floor: two sets of exact draws differ by {floors[name]:.4f})",
+            f"## {name} (floor: independent sets of exact draws differ by {floors[name]:.4f}, "
+            f"{spreads[name][0]:.4f} to {spreads[name][1]:.4f} over 4 pairs: differences "
+            "of that size are sampling noise)",
             "",
             "| sampler | " + " | ".join(str(n) for n in nfes) + " |",
             "|---" * (len(nfes) + 1) + "|",
@@ -229,6 +291,7 @@ def report(rows, floors, nfes, elapsed, args):
                     f"{peers[n]['library']} `{peers[n]['sampler']}` ({peers[n]['spacing']}) "
                     f"{peers[n]['sw2']:.4f}"
                 )
+        lines += restart_lines(prob, nfes)
     if FAILURES:
         grouped = defaultdict(list)
         for f in FAILURES:
@@ -283,30 +346,57 @@ def main():
     parser.add_argument("--samples", type=int, default=4096)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument(
+        "--reuse-peers",
+        action="store_true",
+        help="take the peers' rows from the last run's JSON (same inputs and seeds, so the "
+        "same numbers) and rerun only fewstep's samplers",
+    )
     args = parser.parse_args()
     nfes = (10, 30) if args.quick else NFES
     if args.quick:
         args.samples, args.dim = 256, 16
+    out = Path(args.out)
+    suffix = "_quick" if args.quick else ""
     start = time.perf_counter()
-    rows, floors = [], {}
+    rows, floors, spreads = [], {}, {}
+    if args.reuse_peers:
+        previous = json.loads((out / f"stochastic{suffix}.json").read_text())
+        if previous.get("setting") != [args.samples, args.dim, list(nfes)]:
+            parser.error("--reuse-peers: the last run used other samples, dim or NFEs")
+        rows = [r for r in previous["rows"] if r["library"] != "fewstep"]
+        FAILURES.extend(f for f in previous["failures"] if " fewstep " not in f)
+        args.peers_from = previous["elapsed"]
     for name in ("gmm-vp", "gmm-flow"):
         pb = problem(name, dim=args.dim, components=8, seed=0)
         noise = pb.noise(args.samples, seed=0, dtype=torch.float32)
         exact = pb.gmm.sample(args.samples, seed=100)
-        floors[name] = sliced_wasserstein(pb.gmm.sample(args.samples, seed=101), exact)
+        baseline = [
+            sliced_wasserstein(pb.gmm.sample(args.samples, seed=101 + k), exact) for k in range(4)
+        ]
+        floors[name] = sum(baseline) / len(baseline)
+        spreads[name] = (min(baseline), max(baseline))
         run_ours(pb, noise, exact, nfes, rows)
         print(f"[{name}] fewstep done ({time.perf_counter() - start:.0f} s)", flush=True)
-        run_kdiffusion(pb, noise, exact, nfes, rows)
-        run_diffusers(pb, noise, exact, nfes, rows)
-        print(f"[{name}] peers done ({time.perf_counter() - start:.0f} s)", flush=True)
+        if not args.reuse_peers:
+            run_kdiffusion(pb, noise, exact, nfes, rows)
+            run_diffusers(pb, noise, exact, nfes, rows)
+            print(f"[{name}] peers done ({time.perf_counter() - start:.0f} s)", flush=True)
     elapsed = time.perf_counter() - start
-    out = Path(args.out)
-    suffix = "_quick" if args.quick else ""
     atomic_write_text(
         out / f"stochastic{suffix}.json",
-        json.dumps({"rows": rows, "floors": floors, "failures": FAILURES}),
+        json.dumps(
+            {
+                "rows": rows,
+                "floors": floors,
+                "spreads": spreads,
+                "failures": FAILURES,
+                "setting": [args.samples, args.dim, list(nfes)],
+                "elapsed": getattr(args, "peers_from", elapsed),
+            }
+        ),
     )
-    text = report(rows, floors, nfes, elapsed, args)
+    text = report(rows, floors, spreads, nfes, elapsed, args)
     atomic_write_text(out / f"stochastic{suffix}.md", text)
     plot(rows, floors, out / f"stochastic{suffix}.png")
     print(text)

@@ -219,3 +219,32 @@ def test_zero_snr_start_uses_first_order_step(problems):
         x = fewstep.sample(pb.model(), noise, solver=solver, nfe=8)
         assert bool(torch.isfinite(x).all())
     assert math.isinf(float(pb.schedule.lam(1.0)))
+
+
+@pytest.mark.parametrize("solver", ["dpmpp_2m", "dpmpp_3m", "unipc", "dpmpp_3m_sde"])
+def test_a_step_much_longer_than_its_history_drops_order(solver):
+    """``max_step_ratio``: the last step of a flow-time grid is 10x longer in log-SNR than
+    the ones before it; it extrapolates from one evaluation instead of three, and sampling
+    the flow mixture at few steps gets far more accurate for it."""
+    from fewstep.program import Combine
+
+    pb = problem("gmm-flow", dim=16, components=8, seed=0)
+    model, noise = pb.model(), pb.noise(64, seed=3)
+    extra = {"seed": 0} if solver.endswith("sde") else {}
+
+    def last_step_sources(**options):
+        _, _, program = fewstep.sampling.plan(model, solver, 8, **options)
+        combine = [i for i in program.instructions if isinstance(i, Combine)][-1]
+        return len([t for t in combine.terms if t.data != 0 or t.noise != 0])
+
+    assert last_step_sources() == 1
+    assert last_step_sources(max_step_ratio=None) > 1
+    if not extra:
+        ref = pb.reference(noise)
+        guarded = rmse(fewstep.sample(model, noise, solver=solver, nfe=8), ref).mean()
+        raw = rmse(
+            fewstep.sample(model, noise, solver=solver, nfe=8, max_step_ratio=None), ref
+        ).mean()
+        assert guarded < 0.8 * raw, (float(guarded), float(raw))
+    with pytest.raises(ArgumentError, match="max_step_ratio"):
+        fewstep.sampling.plan(model, solver, 8, max_step_ratio=0.5)

@@ -65,6 +65,22 @@ def test_samples_follow_the_mixture(problems, name, solver, options, nfe):
     )
 
 
+@pytest.mark.parametrize("solver", ["dpmpp_2m_sde", "dpmpp_3m_sde", "sa_solver"])
+def test_multistep_sde_at_few_steps_on_flow(solver):
+    """A flow-time grid ends with a step far longer in log-SNR than the ones before it: the
+    multistep SDE solvers lower their order there instead of extrapolating across it (with
+    the reference rule, max_step_ratio=None, 3M SDE lands at 20x the exact-vs-exact
+    distance at NFE 10)."""
+    pb = problem("gmm-flow", dim=16, components=8, seed=0)
+    noise, exact = pb.noise(256, seed=0), pb.gmm.sample(256, seed=100)
+    floor = sliced_wasserstein(pb.gmm.sample(256, seed=101), exact)
+    x = fewstep.sample(pb.model(), noise, solver=solver, nfe=10, seed=0)
+    assert sliced_wasserstein(x, exact) < 1.6 * floor
+    if solver == "dpmpp_3m_sde":
+        raw = fewstep.sample(pb.model(), noise, solver=solver, nfe=10, seed=0, max_step_ratio=None)
+        assert sliced_wasserstein(raw, exact) > 5 * floor
+
+
 def _elementwise_model(schedule):
     # D = 0.3 x: per-sample arithmetic only, so results can be compared bit for bit
     return fewstep.Model(lambda x, t: 0.3 * x, schedule, "sample")
@@ -234,3 +250,5 @@ def test_stochastic_options_are_checked(problems):
         fewstep.sample(model, noise, solver="restart", base="ddpm", nfe=30)
     with pytest.raises(fewstep.ArgumentError, match="eta"):
         fewstep.sample(model, noise, solver="ddim_eta", eta=1.5)
+    with pytest.raises(fewstep.ArgumentError, match="max_step_ratio"):
+        fewstep.sample(model, noise, solver="dpmpp_2m_sde", max_step_ratio=0.5)

@@ -184,6 +184,15 @@ def check_order(order: int, low: int, high: int) -> int:
     return order
 
 
+def check_step_ratio(ratio: float | None) -> float | None:
+    """A ``max_step_ratio``: None or a number >= 1."""
+    if ratio is None:
+        return None
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio >= 1:
+        raise ArgumentError("max_step_ratio", f"must be None or a number >= 1, got {ratio!r}")
+    return float(ratio)
+
+
 class MultistepSolver(Solver):
     """One model call per grid point: evaluate at point i, step to i + 1 with a combination
     of the current state and the last ``order`` evaluations.
@@ -204,6 +213,11 @@ class MultistepSolver(Solver):
 
     #: per-step maximum orders (a tuner's per-step choice); None: ``order`` everywhere
     orders: tuple[int, ...] | None = None
+    #: lower a step's order while the step is longer (in log-SNR) than this many times the
+    #: mean spacing of the evaluations it extrapolates from; None: never. Extrapolating a
+    #: polynomial far past its nodes amplifies their errors, worst for SDE kernels, which
+    #: weight the end of the step (a grid uniform in flow time ends with such a step)
+    max_step_ratio: float | None = None
 
     def step_order(self, grid: Grid, i: int) -> int:
         order = min(self.order, i + 1)
@@ -214,7 +228,16 @@ class MultistepSolver(Solver):
         usable = 0
         while usable < order and not self.singular(grid.schedule, grid[i - usable]):
             usable += 1
+        while usable > 1 and self.too_long(grid, i, usable):
+            usable -= 1
         return max(usable, 1)
+
+    def too_long(self, grid: Grid, i: int, order: int) -> bool:
+        """Whether step i is too long for a rule of ``order`` (see ``max_step_ratio``)."""
+        if self.max_step_ratio is None:
+            return False
+        spacing = (grid[i].lam - grid[i - order + 1].lam) / (order - 1)
+        return grid[i + 1].lam - grid[i].lam > self.max_step_ratio * spacing
 
     @abstractmethod
     def step(self, grid: Grid, i: int, history: Sequence[int], order: int) -> Step:

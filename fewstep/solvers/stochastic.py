@@ -26,6 +26,7 @@ from .base import (
     Solver,
     check_choice,
     check_order,
+    check_step_ratio,
     classical_tau,
     ddim_step,
     two_call_plan,
@@ -69,7 +70,9 @@ def sde_first_order(p: Point, q: Point, source: int, eta: float):
 class DPMSolverSDE(MultistepSolver):
     """DPM-Solver++(2M/3M) SDE (Lu et al., 2022; k-diffusion's sample_dpmpp_2m_sde and
     _3m_sde): the data-form exponential integrator of the SDE that keeps the marginals,
-    with stochasticity ``eta`` (0 is the ODE, 1 the reverse-time SDE)."""
+    with stochasticity ``eta`` (0 is the ODE, 1 the reverse-time SDE). ``max_step_ratio``
+    lowers the order of steps far longer than the history they extrapolate from (None
+    follows the reference code exactly)."""
 
     name = "dpmpp_sde"
     stochastic = True
@@ -81,6 +84,7 @@ class DPMSolverSDE(MultistepSolver):
         solver_type: str = "midpoint",
         lower_order_final: bool = False,
         brownian: bool = False,
+        max_step_ratio: float | None = 4.0,
     ):
         self.order = check_order(order, 1, 3)
         if eta < 0:
@@ -89,6 +93,7 @@ class DPMSolverSDE(MultistepSolver):
         self.solver_type = check_choice("solver_type", solver_type, ("midpoint", "heun", "exact"))
         self.lower_order_final = bool(lower_order_final)
         self.brownian = bool(brownian)
+        self.max_step_ratio = check_step_ratio(max_step_ratio)
 
     def options(self) -> dict[str, Any]:
         return {
@@ -97,6 +102,7 @@ class DPMSolverSDE(MultistepSolver):
             "solver_type": self.solver_type,
             "lower_order_final": self.lower_order_final,
             "brownian": self.brownian,
+            "max_step_ratio": self.max_step_ratio,
         }
 
     def first_order(self, grid: Grid, i: int, source: int):
@@ -298,7 +304,8 @@ class SASolver(MultistepSolver):
     and corrector (``corrector_order``, reusing the predictor's noise), exponential in
     log-SNR with stochasticity tau(t)^2: tau = ``tau`` inside the native-time window
     ``tau_window`` (fractions of the schedule's range; diffusers uses timesteps 200-800 of
-    1000), 0 outside (there the step is the deterministic Adams method)."""
+    1000), 0 outside (there the step is the deterministic Adams method). ``max_step_ratio``
+    as in ``DPMSolverSDE``."""
 
     name = "sa_solver"
     stochastic = True
@@ -311,11 +318,13 @@ class SASolver(MultistepSolver):
         tau: float = 1.0,
         tau_window: tuple[float, float] = (0.2, 0.8),
         brownian: bool = False,
+        max_step_ratio: float | None = 4.0,
     ):
         self.order = check_order(predictor_order, 1, 4)
         self.corrector_order = check_order(corrector_order, 0, 4)
         self.tau, self.tau_window = float(tau), tuple(float(v) for v in tau_window)
         self.brownian = bool(brownian)
+        self.max_step_ratio = check_step_ratio(max_step_ratio)
         self.corrector = _SACorrector(self) if self.corrector_order > 0 else None
 
     def options(self) -> dict[str, Any]:
@@ -325,6 +334,7 @@ class SASolver(MultistepSolver):
             "tau": self.tau,
             "tau_window": self.tau_window,
             "brownian": self.brownian,
+            "max_step_ratio": self.max_step_ratio,
         }
 
     def eta(self, grid: Grid, point: Point) -> float:

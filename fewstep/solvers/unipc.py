@@ -24,6 +24,7 @@ from .base import (
     check_choice,
     check_order,
     check_orders,
+    check_step_ratio,
     exponential_step,
 )
 
@@ -128,6 +129,7 @@ class UniPC(MultistepSolver):
         warmup: str = "lower_order",
         frame: str = "logsnr",
         orders: Sequence[int] | None = None,
+        max_step_ratio: float | None = 4.0,
     ):
         self.order = check_order(order, 1, 3)
         self.variant = check_choice("variant", variant, ("bh1", "bh2"))
@@ -137,6 +139,7 @@ class UniPC(MultistepSolver):
         self.warmup = check_choice("warmup", warmup, ("lower_order", "singlestep"))
         self.frame = check_choice("frame", frame, ("logsnr", "classical"))
         self.orders = check_orders(orders, self.order)
+        self.max_step_ratio = check_step_ratio(max_step_ratio)
         if self.frame == "classical" and self.form != "data":
             raise ArgumentError("frame", "the classical frame is defined for data-form solvers")
 
@@ -150,6 +153,7 @@ class UniPC(MultistepSolver):
             "warmup": self.warmup,
             "frame": self.frame,
             "orders": self.orders,
+            "max_step_ratio": self.max_step_ratio,
         }
 
     def step(self, grid: Grid, i: int, history: Sequence[int], order: int) -> Step:

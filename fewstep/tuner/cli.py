@@ -78,6 +78,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
     p.add_argument("--solver", default=None, help="fix the base solver (unipc, dpmpp_2m, ...)")
     p.add_argument("--method", default="full", choices=METHODS)
-    p.add_argument("--iterations", type=int, default=200, help="gradient steps")
+    p.add_argument("--iterations", type=int, default=600, help="gradient steps")
     p.add_argument("--out", default="out/tune", help="directory of the config JSON files")
     p.set_defaults(func=_cmd_tune)

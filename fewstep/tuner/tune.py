@@ -97,7 +97,7 @@ def tune(
     method: str = "full",
     teacher: Teacher | None = None,
     target: Tensor | None = None,
-    iterations: int = 200,
+    iterations: int = 600,
     progress: bool = True,
 ) -> SamplerConfig:
     """A sampler configuration for ``model`` at ``nfe`` model calls, fitted on the
@@ -159,54 +159,20 @@ def tune(
     loss, name, options, times, grid_label = min(scored, key=lambda r: r[0])
 
     # 2. per-step orders, greedily
-    if method in ("orders", "full") and "orders" in get_solver(name, **options).options():
-        order = get_solver(name, **options).order
-        orders = [order] * (len(times) - 1)
-        for _ in range(2):
-            improved = False
-            for i in range(len(orders)):
-                for k in range(1, order + 1):
-                    if k == orders[i]:
-                        continue
-                    trial = [*orders[:i], k, *orders[i + 1 :]]
-                    value = calibration_loss(
-                        model, teacher, name, {**options, "orders": trial}, nfe, times
-                    )
-                    if value < loss:
-                        loss, orders, improved = value, trial, True
-            if not improved:
-                break
-        options = {**options, "orders": orders}
+    if method in ("orders", "full"):
+        options, loss = _search_orders(model, teacher, name, options, nfe, times, loss)
 
     # 3. times and coefficients through the sampler
     corrections, call_times = [], None
     if method in ("grid", "coefficients", "full"):
-        new_times, new_corrections, new_calls, _, _ = refine(
-            model,
-            get_solver(name, **options),
-            nfe,
-            times,
-            teacher,
-            iterations=iterations,
-            learn_times=method != "coefficients",
-            learn_coefficients=method != "grid",
-            learn_call_times=method == "full",
-            progress=bar,
-        )
-        candidate = SamplerConfig(
-            name,
-            options,
-            new_times,
-            nfe,
-            schedule.config(),
-            model.prediction,
-            new_corrections,
-            new_calls,
-        )
-        refined = config_loss(model, teacher, candidate)  # on all calibration noises
-        if refined < loss:  # otherwise the searched sampler stands
-            times, corrections, call_times, loss = new_times, new_corrections, new_calls, refined
+        refined = _refine(model, teacher, name, options, nfe, times, method, iterations, bar)
+        if refined[0] < loss:  # otherwise the searched sampler stands
+            loss, times, corrections, call_times = refined
     bar.close()
+    # pin the defaults that decide the program, so a saved config outlives a default's change
+    resolved = get_solver(name, **options).options()
+    if "max_step_ratio" in resolved:
+        options = {"max_step_ratio": resolved["max_step_ratio"], **options}
     return SamplerConfig(
         solver=name,
         options={k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()},
@@ -227,3 +193,58 @@ def tune(
             "seconds": time.perf_counter() - start_time,
         },
     )
+
+
+def _search_orders(
+    model: Model, teacher: Teacher, name: str, options: dict, nfe: int, times, loss: float
+) -> tuple[dict, float]:
+    """Each step's order, greedily (two sweeps), for a solver that takes per-step orders."""
+    if "orders" not in get_solver(name, **options).options():
+        return options, loss
+    order = get_solver(name, **options).order
+    orders = [order] * (len(times) - 1)
+    for _ in range(2):
+        improved = False
+        for i in range(len(orders)):
+            for k in range(1, order + 1):
+                if k == orders[i]:
+                    continue
+                trial = [*orders[:i], k, *orders[i + 1 :]]
+                value = calibration_loss(
+                    model, teacher, name, {**options, "orders": trial}, nfe, times
+                )
+                if value < loss:
+                    loss, orders, improved = value, trial, True
+        if not improved:
+            break
+    return {**options, "orders": orders}, loss
+
+
+def _refine(
+    model: Model,
+    teacher: Teacher,
+    name: str,
+    options: dict,
+    nfe: int,
+    times,
+    method: str,
+    iterations: int,
+    bar,
+) -> tuple[float, list[float], list, list[float] | None]:
+    """(calibration loss, times, corrections, call times) after gradient refinement."""
+    new_times, corrections, calls, _, _ = refine(
+        model,
+        get_solver(name, **options),
+        nfe,
+        times,
+        teacher,
+        iterations=iterations,
+        learn_times=method != "coefficients",
+        learn_coefficients=method != "grid",
+        learn_call_times=method == "full",
+        progress=bar,
+    )
+    candidate = SamplerConfig(
+        name, options, new_times, nfe, model.schedule.config(), model.prediction, corrections, calls
+    )
+    return config_loss(model, teacher, candidate), new_times, corrections, calls
