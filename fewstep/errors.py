@@ -12,10 +12,14 @@ class ArgumentError(FewstepError, ValueError):
 
     def __init__(self, argument: str, problem: str, fix: str | None = None):
         self.argument = argument
+        self._init = (argument, problem, fix)
         message = f"{argument}: {problem}"
         if fix:
             message += f" ({fix})"
         super().__init__(message)
+
+    def __reduce__(self):  # pickles (for worker processes) with its own arguments
+        return type(self), self._init
 
 
 class ModelOutputError(FewstepError, RuntimeError):
@@ -28,7 +32,11 @@ class NonFiniteError(FewstepError, FloatingPointError):
     def __init__(self, step: int, t: float, what: str = "model output"):
         self.step = step
         self.t = t
+        self._init = (step, t, what)
         super().__init__(
             f"{what} is not finite at step {step} (t={t:.6g}); sampling stopped "
             "instead of returning NaN samples"
         )
+
+    def __reduce__(self):
+        return type(self), self._init

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -61,6 +62,7 @@ def resolve(
 
 _PLANS: OrderedDict = OrderedDict()
 _PLAN_CACHE_SIZE = 64
+_PLANS_LOCK = threading.Lock()
 
 
 def plan(
@@ -80,14 +82,16 @@ def plan(
     if solver.adaptive:
         raise ArgumentError("solver", f"{solver.name!r} is adaptive and has no fixed plan")
     key = (model.schedule, type(solver), solver.name, repr(solver.options()), sp, nfe)
-    cached = _PLANS.get(key)
-    if cached is not None:
-        _PLANS.move_to_end(key)
-        return cached
+    with _PLANS_LOCK:
+        cached = _PLANS.get(key)
+        if cached is not None:
+            _PLANS.move_to_end(key)
+            return cached
     result = _compile_plan(model, solver, sp, nfe)
-    _PLANS[key] = result
-    if len(_PLANS) > _PLAN_CACHE_SIZE:
-        _PLANS.popitem(last=False)
+    with _PLANS_LOCK:  # threads sampling at once share the cache
+        _PLANS[key] = result
+        if len(_PLANS) > _PLAN_CACHE_SIZE:
+            _PLANS.popitem(last=False)
     return result
 
 
@@ -113,13 +117,16 @@ def _compile_plan(
 class _FiniteGuard:
     """Stops sampling at the first non-finite model output. On the CPU it checks at once;
     on accelerators it keeps device-side flags and syncs once at the end, so the loop has
-    no host-device synchronisation."""
+    no host-device synchronisation. It counts this run's model calls (``Model.nfe`` counts
+    every run's, threads included)."""
 
     def __init__(self, device: torch.device):
         self.deferred = device.type != "cpu"
         self.flags: list[tuple[Tensor, int, float]] = []
+        self.calls = 0
 
     def check(self, pred: Prediction, step: int, t: float) -> None:
+        self.calls += 1
         total = pred.data.sum()  # NaN or inf anywhere makes the sum non-finite
         if self.deferred:
             self.flags.append((torch.isfinite(total), step, t))
@@ -183,6 +190,8 @@ def run(
             lambda state, ins: evaluate(state, ins.point, ins.step), x, on_land, noise
         )
     guard.finish()
+    if guard.calls != program.nfe:
+        raise FewstepError(f"internal: {guard.calls} model calls made, {program.nfe} planned")
     return out
 
 
@@ -283,7 +292,6 @@ def sample(
             callback(StepInfo(count[0], t, state))
         count[0] += 1
 
-    calls_before = model.nfe
     if solver_obj.adaptive:
         if nfe is not None:
             raise ArgumentError(
@@ -303,6 +311,8 @@ def sample(
             evaluate = _evaluator(model, guard, bar, cond, uncond)
             samples, used = solver_obj.integrate(evaluate, x, schedule, start, end, on_land)
         guard.finish()
+        if guard.calls != used:
+            raise FewstepError(f"internal: {guard.calls} model calls made, {used} reported")
     else:
         _, grid, program = plan(model, solver_obj, DEFAULT_NFE if nfe is None else nfe, sp)
         if config is not None:
@@ -323,8 +333,6 @@ def sample(
             noise=source,
             on_land=lambda index, state: on_land(grid[index].t, state),
         )
-    if model.nfe - calls_before != used:
-        raise FewstepError(f"internal: {model.nfe - calls_before} model calls made, {used} planned")
     if return_trajectory:
         times = torch.tensor([t for t, _ in landed], dtype=torch.float64)
         return Trajectory(samples, [state for _, state in landed], times, used)

@@ -64,6 +64,20 @@ def flaky_gmm(marker: str, log: str, fail: str = "raise", dim: int = 3) -> fewst
     return model
 
 
+def nan_gmm(log: str, dim: int = 3) -> fewstep.Model:
+    """A gmm-vp model whose every call returns NaN and appends a line to ``log``."""
+    model = problem("gmm-vp", dim=dim, components=2).model()
+
+    def call(x, t, **cond):
+        with open(log, "a") as handle:
+            handle.write("call\n")
+        return torch.full_like(x, float("nan"))
+
+    model.fn = call
+    model.image_shape = (dim,)
+    return model
+
+
 def manifest(out: Path) -> dict:
     return json.loads((out / "manifest.json").read_text())
 
@@ -272,6 +286,7 @@ def test_bad_arguments_name_the_argument_and_the_fix(tmp_path):
         kwargs = {**GMM, "out": tmp_path / "x", "num_samples": 4, **change}
         with pytest.raises(ArgumentError, match=message):
             generate(**kwargs)
+        assert not (tmp_path / "x").exists()  # nothing left behind by a refused run
     with (
         manifest_module.lock(tmp_path / "busy"),
         pytest.raises(ArgumentError, match="another generate run"),
@@ -354,3 +369,24 @@ def test_a_failed_ray_task_is_retried_and_no_index_is_lost(ray_cluster, tmp_path
     assert got.indices.tolist() == list(range(12))  # each index exactly once
     generate(out=tmp_path / "local", num_samples=12, progress=False, **options)
     assert torch.equal(got.samples, load_samples(tmp_path / "local").samples)
+
+
+def test_a_deterministic_error_on_ray_is_raised_not_retried(ray_cluster, tmp_path):
+    """A non-finite model output fails the same way on every retry: the driver raises it
+    (typed, with its step) after one attempt."""
+    log = tmp_path / "calls"
+    options = {"model": "test_generate:nan_gmm", "model_options": {"log": str(log)}}
+    with pytest.raises(fewstep.NonFiniteError, match="step 0"):
+        generate(out=tmp_path / "ray", num_samples=4, shard_size=4, ray=True, retries=3, **options)
+    assert log.read_text().split() == ["call"]
+
+
+def test_fewstep_errors_survive_pickling():
+    import pickle
+
+    for err in (
+        fewstep.ArgumentError("nfe", "must be positive", "pass nfe >= 1"),
+        fewstep.NonFiniteError(3, 0.25),
+    ):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err)

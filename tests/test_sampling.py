@@ -117,3 +117,25 @@ def test_bad_arguments_name_themselves(problems):
         fewstep.sample(wrong_shape, noise)
     with pytest.raises(ArgumentError, match="batch size"):
         fewstep.sample(model, noise, cond={"y": torch.zeros(3)})
+
+
+def test_threads_share_the_plan_cache(monkeypatch):
+    """Samplers called from several threads at once, with a cache small enough to evict
+    all the time, give what they give alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import fewstep.sampling as sampling
+
+    monkeypatch.setattr(sampling, "_PLAN_CACHE_SIZE", 2)
+    pb = problem("gmm-vp", dim=4, components=2, seed=1)
+    model, noise = pb.model(), pb.noise(3, seed=2)
+    jobs = [(s, n) for s in ("ddim", "dpmpp_2m", "unipc") for n in range(3, 11)] * 4
+
+    def run(job):
+        return fewstep.sample(model, noise, solver=job[0], nfe=job[1])
+
+    alone = {job: run(job) for job in set(jobs)}
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(run, jobs))
+    for job, x in zip(jobs, together, strict=True):
+        assert torch.equal(x, alone[job])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -152,59 +153,65 @@ def generate(
     if threads is not None:
         threads = _count("threads", threads)
     start = time.perf_counter()
+    created = not out.exists()
     with manifest.lock(out):
-        doc = manifest.read(out) if manifest.path(out).exists() else None
-        if shard_size is None:
-            shard_size = DEFAULT_SHARD_SIZE if doc is None else doc["spec"]["shard_size"]
-        spec = make_spec(
-            model,
-            solver=solver,
-            nfe=nfe,
-            spacing=spacing,
-            solver_options=solver_options,
-            config=config,
-            seed=seed,
-            guidance=guidance,
-            labels=labels,
-            model_options=model_options,
-            shape=shape,
-            dtype=dtype,
-            shard_size=shard_size,
-        )
-        if doc is not None and doc["shards"]:
-            manifest.check(doc, spec, out)
-        else:  # a new directory, or one whose first run recorded no shard
-            doc = manifest.new(spec, num_samples)
-        io_start = time.perf_counter()
-        _verify(out, doc)
-        doc["num_samples"] = max(doc["num_samples"], num_samples)
-        manifest.write(out, doc)
-        io_seconds = time.perf_counter() - io_start
-        todo = missing_ranges(
-            num_samples, spec.shard_size, [(r["start"], r["stop"]) for r in doc["shards"]]
-        )
-        pending = sum(b - a for a, b in todo)
-        with tqdm(
-            total=num_samples,
-            initial=num_samples - pending,
-            unit="sample",
-            desc="generate",
-            disable=not progress,
-        ) as bar:
-            options = {"batch_size": batch_size, "threads": threads, "advance": bar.update}
-            if ray:
-                source = ray_shards(spec, todo, address=ray, retries=retries, **options)
-            else:
-                source = local_shards(spec, todo, **options)
-            with contextlib.closing(source):
-                for batch in source:
-                    io_start = time.perf_counter()
-                    record = shards.write(out, batch, doc["spec_sha256"])
-                    doc["shards"].append(record)
-                    manifest.write(out, doc)
-                    io_seconds += time.perf_counter() - io_start
-                    if on_shard is not None:
-                        on_shard(record)
+        try:
+            doc = manifest.read(out) if manifest.path(out).exists() else None
+            if shard_size is None:
+                shard_size = DEFAULT_SHARD_SIZE if doc is None else doc["spec"]["shard_size"]
+            spec = make_spec(
+                model,
+                solver=solver,
+                nfe=nfe,
+                spacing=spacing,
+                solver_options=solver_options,
+                config=config,
+                seed=seed,
+                guidance=guidance,
+                labels=labels,
+                model_options=model_options,
+                shape=shape,
+                dtype=dtype,
+                shard_size=shard_size,
+            )
+            if doc is not None and doc["shards"]:
+                manifest.check(doc, spec, out)
+            else:  # a new directory, or one whose first run recorded no shard
+                doc = manifest.new(spec, num_samples)
+            io_start = time.perf_counter()
+            _verify(out, doc)
+            doc["num_samples"] = max(doc["num_samples"], num_samples)
+            manifest.write(out, doc)
+            io_seconds = time.perf_counter() - io_start
+            todo = missing_ranges(
+                num_samples, spec.shard_size, [(r["start"], r["stop"]) for r in doc["shards"]]
+            )
+            pending = sum(b - a for a, b in todo)
+            with tqdm(
+                total=num_samples,
+                initial=num_samples - pending,
+                unit="sample",
+                desc="generate",
+                disable=not progress,
+            ) as bar:
+                options = {"batch_size": batch_size, "threads": threads, "advance": bar.update}
+                if ray:
+                    source = ray_shards(spec, todo, address=ray, retries=retries, **options)
+                else:
+                    source = local_shards(spec, todo, **options)
+                with contextlib.closing(source):
+                    for batch in source:
+                        io_start = time.perf_counter()
+                        record = shards.write(out, batch, doc["spec_sha256"])
+                        doc["shards"].append(record)
+                        manifest.write(out, doc)
+                        io_seconds += time.perf_counter() - io_start
+                        if on_shard is not None:
+                            on_shard(record)
+        except BaseException:
+            if created and [p.name for p in out.iterdir()] == [".lock"]:
+                shutil.rmtree(out)  # a run that failed before writing leaves no directory
+            raise
     return GenerationResult(
         out=out,
         manifest=manifest.path(out),

@@ -1,15 +1,18 @@
 """The Ray backend: each missing shard is a Ray task, retried when it raises or its worker
 process dies; a worker process loads the model once and keeps it for the tasks it runs.
-Workers return samples, the driver writes them (the manifest keeps one writer)."""
+Workers return samples, the driver writes them (the manifest keeps one writer). fewstep's
+own errors (bad input, a non-finite model output) are the same on every retry: a task
+returns them instead of raising, and the driver raises them at once."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..errors import ArgumentError
+from ..errors import ArgumentError, FewstepError
 from ..model import Model
 from .runner import Batch, sample_shard
 from .spec import GenerationSpec
@@ -28,16 +31,26 @@ def import_ray() -> Any:
     return ray
 
 
+@dataclass
+class _Deterministic:
+    """A shard's fewstep error, returned rather than raised so that Ray does not retry it."""
+
+    error: FewstepError
+
+
 def _shard_task(
     record: dict[str, Any], start: int, stop: int, batch_size: int, threads: int
-) -> Batch:
+) -> Batch | _Deterministic:
     spec = GenerationSpec.from_record(record)
     key = spec.sha256()
-    if key not in _LOADED:
-        _LOADED.clear()  # one model per worker process
-        _LOADED[key] = spec.load_model()
-    torch.set_num_threads(threads)
-    return sample_shard(spec, _LOADED[key], start, stop, batch_size)
+    try:
+        if key not in _LOADED:
+            _LOADED.clear()  # one model per worker process
+            _LOADED[key] = spec.load_model()
+        torch.set_num_threads(threads)
+        return sample_shard(spec, _LOADED[key], start, stop, batch_size)
+    except FewstepError as err:
+        return _Deterministic(err)
 
 
 def ray_shards(
@@ -71,6 +84,8 @@ def ray_shards(
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 batch = ray.get(done[0])
+                if isinstance(batch, _Deterministic):
+                    raise batch.error
                 advance(len(batch.indices))
                 yield batch
         finally:
