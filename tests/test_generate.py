@@ -281,6 +281,7 @@ def test_bad_arguments_name_the_argument_and_the_fix(tmp_path):
         ({"labels": "cycle"}, "labels: 'gmm-vp' is unconditional"),
         ({"num_samples": 0}, "num_samples: must be an integer >= 1"),
         ({"dtype": "float16"}, "dtype: unknown"),
+        ({"steps": 5}, r"generate options: unknown \['steps'\]"),
     ]
     for change, message in cases:
         kwargs = {**GMM, "out": tmp_path / "x", "num_samples": 4, **change}

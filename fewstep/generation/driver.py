@@ -5,11 +5,12 @@ or on Ray, and records each shard in the manifest as it lands."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from ..errors import ArgumentError
 from . import manifest, shards
 from .ray_backend import ray_shards
 from .runner import local_shards
-from .spec import DEFAULT_SHARD_SIZE, Labels, make_spec
+from .spec import DEFAULT_SHARD_SIZE, check_count, make_spec
 
 
 @dataclass(frozen=True)
@@ -83,10 +84,8 @@ def _verify(out: Path, doc: dict[str, Any]) -> None:
         file.unlink(missing_ok=True)
 
 
-def _count(name: str, value: Any, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ArgumentError(name, f"must be an integer >= {low}, got {value!r}")
-    return value
+#: the keywords ``generate`` passes on to ``make_spec`` (what defines the samples)
+SPEC_OPTIONS = frozenset(inspect.signature(make_spec).parameters) - {"model", "shard_size"}
 
 
 def generate(
@@ -94,17 +93,6 @@ def generate(
     out: str | os.PathLike,
     num_samples: int,
     *,
-    solver: str = "auto",
-    nfe: int | None = None,
-    spacing: str | Sequence[float] | None = None,
-    solver_options: Mapping[str, Any] | None = None,
-    config: Any = None,
-    seed: int = 0,
-    guidance: float = 1.0,
-    labels: Labels = "auto",
-    model_options: Mapping[str, Any] | None = None,
-    shape: Sequence[int] | None = None,
-    dtype: str = "float32",
     batch_size: int = 256,
     shard_size: int | None = None,
     threads: int | None = None,
@@ -112,6 +100,7 @@ def generate(
     retries: int = 3,
     progress: bool = True,
     on_shard: Callable[[dict[str, Any]], None] | None = None,
+    **spec_options: Any,
 ) -> GenerationResult:
     """Generate samples 0..num_samples-1 of ``model`` into shards under ``out``, resuming
     whatever a previous run of the same configuration left there.
@@ -128,6 +117,7 @@ def generate(
         out: the output directory (``manifest.json`` and ``samples-START-STOP.safetensors``).
         num_samples: how many samples the directory should hold; a larger count than a
             previous run's extends it.
+        spec_options: what defines the samples, as ``make_spec`` takes them:
         solver, nfe, spacing, solver_options, config: as in ``fewstep.sample`` (a config is
             a ``SamplerConfig`` or its JSON path; adaptive solvers are refused).
         seed: the base seed.
@@ -146,12 +136,17 @@ def generate(
         progress: show a progress bar over completed samples.
         on_shard: called with each shard's manifest record once it is recorded.
     """
+    unknown = sorted(set(spec_options) - SPEC_OPTIONS)
+    if unknown:
+        raise ArgumentError(
+            "generate options", f"unknown {unknown}", f"one of {sorted(SPEC_OPTIONS)}"
+        )
     out = Path(out)
-    num_samples = _count("num_samples", num_samples)
-    batch_size = _count("batch_size", batch_size)
-    retries = _count("retries", retries, 0)
+    num_samples = check_count("num_samples", num_samples)
+    batch_size = check_count("batch_size", batch_size)
+    retries = check_count("retries", retries, 0)
     if threads is not None:
-        threads = _count("threads", threads)
+        threads = check_count("threads", threads)
     start = time.perf_counter()
     created = not out.exists()
     with manifest.lock(out):
@@ -159,21 +154,7 @@ def generate(
             doc = manifest.read(out) if manifest.path(out).exists() else None
             if shard_size is None:
                 shard_size = DEFAULT_SHARD_SIZE if doc is None else doc["spec"]["shard_size"]
-            spec = make_spec(
-                model,
-                solver=solver,
-                nfe=nfe,
-                spacing=spacing,
-                solver_options=solver_options,
-                config=config,
-                seed=seed,
-                guidance=guidance,
-                labels=labels,
-                model_options=model_options,
-                shape=shape,
-                dtype=dtype,
-                shard_size=shard_size,
-            )
+            spec = make_spec(model, shard_size=shard_size, **spec_options)
             if doc is not None and doc["shards"]:
                 manifest.check(doc, spec, out)
             else:  # a new directory, or one whose first run recorded no shard

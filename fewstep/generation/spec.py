@@ -144,9 +144,10 @@ def _json(name: str, value: Any) -> Any:
         raise ArgumentError(name, f"must hold JSON values only: {err}") from err
 
 
-def _positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ArgumentError(name, f"must be a positive integer, got {value!r}")
+def check_count(name: str, value: Any, low: int = 1) -> int:
+    """An integer count >= ``low`` (bools refused), else an ``ArgumentError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ArgumentError(name, f"must be an integer >= {low}, got {value!r}")
     return value
 
 
@@ -183,7 +184,7 @@ def _sampler_fields(
         spacing = [float(t) for t in spacing]
     return {
         "solver": solver,
-        "nfe": _positive("nfe", DEFAULT_NFE if nfe is None else nfe),
+        "nfe": check_count("nfe", DEFAULT_NFE if nfe is None else nfe),
         "spacing": spacing,
         "solver_options": _json("solver options", dict(solver_options)),
         "config": None,
@@ -235,9 +236,9 @@ def make_spec(
         weights_sha256=weights,
         guidance=float(guidance),
         labels=labels,
-        shape=None if shape is None else [_positive("shape", int(s)) for s in shape],
+        shape=None if shape is None else [check_count("shape", int(s)) for s in shape],
         seed=seed,
         dtype=dtype,
-        shard_size=_positive("shard_size", shard_size),
+        shard_size=check_count("shard_size", shard_size),
         **_sampler_fields(solver, nfe, spacing, solver_options or {}, config),
     )

@@ -9,10 +9,16 @@ import torch
 from torch import Tensor
 
 
+def per_sample_rmse(x: Tensor, reference: Tensor, eps: float = 0.0) -> Tensor:
+    """Root-mean-square error of each sample over its non-batch dimensions, differentiable
+    (``eps`` under the root keeps the gradient finite at zero error)."""
+    return (x - reference).pow(2).reshape(x.shape[0], -1).mean(1).add(eps).sqrt()
+
+
 def rmse(x: Tensor, reference: Tensor) -> Tensor:
-    """Per-sample root-mean-square error over all non-batch dimensions (float64)."""
-    diff = x.detach().to("cpu", torch.float64) - reference.detach().to("cpu", torch.float64)
-    return diff.reshape(diff.shape[0], -1).pow(2).mean(1).sqrt()
+    """Per-sample root-mean-square error over all non-batch dimensions (float64, detached)."""
+    cpu64 = {"device": "cpu", "dtype": torch.float64}
+    return per_sample_rmse(x.detach().to(**cpu64), reference.detach().to(**cpu64))
 
 
 def convergence_order(nfes: Sequence[float], errors: Sequence[float]) -> float:

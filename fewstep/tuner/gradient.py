@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..model import Model, Point
 from ..program import Combine, Program
+from ..reference.metrics import per_sample_rmse
 from ..sampling import run
 from ..schedules import NoiseSchedule
 from ..solvers import Grid, Solver
@@ -28,6 +29,9 @@ from .teacher import Teacher
 
 #: gradient steps between evaluations on the held-out calibration noises
 VALIDATE_EVERY = 5
+
+
+GRAD_EPS = 1e-20  # under the root of a fitted RMSE: a finite gradient at zero error
 
 
 def _split(batch: int) -> tuple[slice, slice]:
@@ -52,15 +56,10 @@ def _subset(x: Tensor, target: Tensor, cond, uncond, part: slice):
     return x[part], target[part], pick(cond), pick(uncond)
 
 
-def per_sample_rmse(x: Tensor, target: Tensor) -> Tensor:
-    """RMSE of each sample against its target."""
-    return (x - target).pow(2).reshape(x.shape[0], -1).mean(1).add(1e-20).sqrt()
-
-
 def sample_rmse(x: Tensor, target: Tensor) -> Tensor:
     """Mean over samples of the per-sample RMSE: the metric fewstep reports, fitted directly
     (a pooled MSE would let a few hard samples dominate)."""
-    return per_sample_rmse(x, target).mean()
+    return per_sample_rmse(x, target, eps=GRAD_EPS).mean()
 
 
 def tensor_points(schedule: NoiseSchedule, times: Tensor) -> tuple[Point, ...]:
@@ -200,7 +199,7 @@ def refine(
 
     def errors(program: Program, inputs) -> Tensor:
         x, y, cond, uncond = inputs
-        return per_sample_rmse(run(model, program, x, cond=cond, uncond=uncond), y)
+        return per_sample_rmse(run(model, program, x, cond=cond, uncond=uncond), y, eps=GRAD_EPS)
 
     def snapshot():
         # the median: a held-out sample whose teacher ends in another mode (an error no
