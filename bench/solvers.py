@@ -113,7 +113,8 @@ def _kd_n_for_budget(name, budget):
     return (budget - 1) // per + 1
 
 
-def run_kdiffusion(pb, noise, ref, nfes, rows):
+def run_kdiffusion(pb, noise, ref, nfes, rows, measure=None):
+    """Every k-diffusion sampler at every spacing and budget; ``measure(x)`` adds fields."""
     model = pb.model()
     for name in P.KDIFFUSION_SAMPLERS:
         for nfe in nfes:
@@ -142,6 +143,7 @@ def run_kdiffusion(pb, noise, ref, nfes, rows):
                         mean=mean,
                         median=median,
                         seconds=time.perf_counter() - start,
+                        **(measure(x) if measure else {}),
                     )
                 )
 
@@ -182,7 +184,8 @@ def _with_ays(scheduler, schedule, steps):
     return scheduler
 
 
-def run_diffusers(pb, noise, ref, nfes, rows):
+def run_diffusers(pb, noise, ref, nfes, rows, measure=None):
+    """Every diffusers scheduler at every spacing and budget; ``measure(x)`` adds fields."""
     model = pb.model()
     flow = isinstance(pb.schedule, FlowSchedule)
     samplers = P.DIFFUSERS_FLOW_SAMPLERS if flow else P.DIFFUSERS_SAMPLERS
@@ -246,6 +249,7 @@ def run_diffusers(pb, noise, ref, nfes, rows):
                         mean=mean,
                         median=median,
                         seconds=time.perf_counter() - start,
+                        **(measure(x) if measure and math.isfinite(mean) else {}),
                     )
                 )
 
