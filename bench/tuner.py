@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -46,6 +47,12 @@ DIGITS_SOLVERS = ("auto", "ddim", "euler", "heun", "dpmpp_2m", "dpmpp_3m", "unip
 
 def _held_out(x, ref) -> float:
     return float(rmse(x, ref).mean())
+
+
+def _sem(x, ref) -> float:
+    """Standard error of the mean RMSE over the held-out noises."""
+    e = rmse(x, ref)
+    return float(e.std() / len(e) ** 0.5)
 
 
 def _wrong_modes(x, ref, gmm) -> int:
@@ -80,7 +87,7 @@ def gmm_rows(name, nfes, args, **mixture):
     budgets = sorted({k for n in nfes for k in (n, 2 * n)})
 
     def measure(x):
-        return {"modes": _wrong_modes(x, ref, pb.gmm)}
+        return {"modes": _wrong_modes(x, ref, pb.gmm), "sem": _sem(x, ref)}
 
     S.run_kdiffusion(pb, noise, ref, budgets, peer_rows, measure)
     S.run_diffusers(pb, noise, ref, budgets, peer_rows, measure)
@@ -104,11 +111,13 @@ def gmm_rows(name, nfes, args, **mixture):
                 **{k: _held_out(x, ref) for k, x in outputs.items()},
                 **{f"{k}_median": float(rmse(x, ref).median()) for k, x in outputs.items()},
                 **{f"{k}_modes": _wrong_modes(x, ref, pb.gmm) for k, x in outputs.items()},
+                tuned_sem=_sem(outputs["tuned"], ref),
                 peer=peers[n]["mean"],
                 peer_name=f"{peers[n]['library']} {peers[n]['sampler']} ({peers[n]['spacing']})",
                 peer_2n=peers[2 * n]["mean"],
                 peer_2n_median=peers[2 * n]["median"],
                 peer_2n_modes=peers[2 * n]["modes"],
+                peer_2n_sem=peers[2 * n]["sem"],
                 peer_2n_name=(
                     f"{peers[2 * n]['library']} {peers[2 * n]['sampler']} "
                     f"({peers[2 * n]['spacing']})"
@@ -245,18 +254,25 @@ def report(sections: dict) -> str:
             f"## {title}",
             "",
             "| problem | NFE n | tuned @ n | auto @ n | best peer @ n | auto @ 2n | "
-            "best peer @ 2n | tuned / peer@2n | calibration |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "best peer @ 2n | tuned / peer@2n | z | calibration |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             mix = r["mixture"]
             name = r["problem"] + (f" (d={mix['dim']}, K={mix['components']})" if mix else "")
+            z = (r["tuned"] - r["peer_2n"]) / math.hypot(r["tuned_sem"], r["peer_2n_sem"])
             lines.append(
-                f"| {name} | {r['nfe']} | **{_fmt(r['tuned'])}** | {_fmt(r['auto'])} | "
-                f"{_fmt(r['peer'])} | {_fmt(r['auto_2n'])} | {_fmt(r['peer_2n'])} | "
-                f"{r['tuned'] / r['peer_2n']:.2f} | {r['calibration_calls']} calls, "
+                f"| {name} | {r['nfe']} | **{_fmt(r['tuned'])}** ± {r['tuned_sem']:.1e} | "
+                f"{_fmt(r['auto'])} | {_fmt(r['peer'])} | {_fmt(r['auto_2n'])} | "
+                f"{_fmt(r['peer_2n'])} ± {r['peer_2n_sem']:.1e} | "
+                f"{r['tuned'] / r['peer_2n']:.2f} | {z:+.1f} | {r['calibration_calls']} calls, "
                 f"{r['calibration_seconds']:.0f} s |"
             )
+        lines += [
+            "",
+            "± one standard error of the mean over the held-out noises; z: the difference "
+            "tuned - peer@2n in (unpaired) standard errors, negative where tuned is better.",
+        ]
         lines += [
             "",
             "Tuned samplers: "
