@@ -110,8 +110,7 @@ def gmm_rows(name, nfes, args, **mixture):
                 nfe=n,
                 **{k: _held_out(x, ref) for k, x in outputs.items()},
                 **{f"{k}_median": float(rmse(x, ref).median()) for k, x in outputs.items()},
-                **{f"{k}_modes": _wrong_modes(x, ref, pb.gmm) for k, x in outputs.items()},
-                tuned_sem=_sem(outputs["tuned"], ref),
+                **{f"{k}_{f}": v for k, x in outputs.items() for f, v in measure(x).items()},
                 peer=peers[n]["mean"],
                 peer_name=f"{peers[n]['library']} {peers[n]['sampler']} ({peers[n]['spacing']})",
                 peer_2n=peers[2 * n]["mean"],
@@ -229,7 +228,7 @@ def _made_by(meta: dict) -> str:
 def _matching_nfe(best: dict, guidance: float, value: float) -> str:
     """The fewest untuned calls whose best solver's RMSE is at most ``value``."""
     for n in DIGITS_NFES:
-        row = best.get((guidance, n, "rmse"))  # absent in results of an older run
+        row = best.get((guidance, n, "rmse"))  # a digits run older than DIGITS_NFES lacks some
         if row is not None and row["rmse"] <= value:
             return f"{n} ({row['solver']})"
     return f"more than {DIGITS_NFES[-1]}"
@@ -411,7 +410,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--nfes", type=int, nargs="+", default=[5, 6, 8, 10])
-    # the mean error is dominated by rare samples that cross to another mode (0.1-1% of
+    # the mean error is dominated by rare samples that cross to another mode (0.1-2% of
     # them): fewer held-out noises leave each mean to a handful of such events
     parser.add_argument("--samples", type=int, default=2048)
     parser.add_argument("--calibration", type=int, default=512)

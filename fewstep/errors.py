@@ -6,6 +6,9 @@ from __future__ import annotations
 class FewstepError(Exception):
     """Base class of every error fewstep raises on purpose."""
 
+    def __reduce__(self):  # pickles (for worker processes) with its own arguments
+        return type(self), getattr(self, "_init", self.args)
+
 
 class ArgumentError(FewstepError, ValueError):
     """A bad argument; the message names the argument and the fix."""
@@ -17,9 +20,6 @@ class ArgumentError(FewstepError, ValueError):
         if fix:
             message += f" ({fix})"
         super().__init__(message)
-
-    def __reduce__(self):  # pickles (for worker processes) with its own arguments
-        return type(self), self._init
 
 
 class ModelOutputError(FewstepError, RuntimeError):
@@ -37,6 +37,3 @@ class NonFiniteError(FewstepError, FloatingPointError):
             f"{what} is not finite at step {step} (t={t:.6g}); sampling stopped "
             "instead of returning NaN samples"
         )
-
-    def __reduce__(self):
-        return type(self), self._init

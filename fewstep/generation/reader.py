@@ -15,7 +15,10 @@ from .runner import Batch
 
 def iter_shards(out: str | os.PathLike, *, verify: bool = True) -> Iterator[Batch]:
     """The recorded shards of ``out`` in index order, as (indices, samples, labels)."""
-    doc = manifest.read(out)
+    yield from _shards(out, manifest.read(out), verify)
+
+
+def _shards(out: str | os.PathLike, doc: dict, verify: bool) -> Iterator[Batch]:
     for record in sorted(doc["shards"], key=lambda r: r["start"]):
         yield shards.read(Path(out), record, verify)
 
@@ -30,7 +33,7 @@ def load_samples(out: str | os.PathLike, *, verify: bool = True, complete: bool 
             f"{out} holds {have} of {doc['num_samples']} samples "
             "(rerun the same generate command to finish it)"
         )
-    parts = list(iter_shards(out, verify=verify))
+    parts = list(_shards(out, doc, verify))  # the shards of the manifest just checked
     labels = None if parts[0].labels is None else torch.cat([p.labels for p in parts])
     return Batch(
         torch.cat([p.indices for p in parts]), torch.cat([p.samples for p in parts]), labels

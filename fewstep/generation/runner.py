@@ -15,7 +15,7 @@ from ..errors import ArgumentError
 from ..model import Model
 from ..noise import derive_seed, randn
 from ..sampling import Trajectory, sample
-from .spec import GenerationSpec, Labels, Sampler
+from .spec import GenerationSpec, Labels, Sampler, check_count
 
 #: how sample i's randomness derives from the base seed (recorded in the manifest)
 SEEDING = {
@@ -81,9 +81,7 @@ def sample_batched(
     ``uncond`` and per-sample ``seeds``); with ``trajectory`` the states of all batches are
     joined into one ``Trajectory``. ``on_batch(n)`` is called after each batch of n."""
     n = noise.shape[0]
-    size = n if batch_size is None else batch_size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ArgumentError("batch_size", f"must be a positive integer, got {batch_size!r}")
+    size = n if batch_size is None else check_count("batch_size", batch_size)
     parts = []
     for a in range(0, n, size):
         b = min(a + size, n)

@@ -62,22 +62,10 @@ class Sampler:
 
 
 def _config_record(config: Any) -> dict[str, Any]:
-    from ..tuner.config import FORMAT as CONFIG_FORMAT
     from ..tuner.config import SamplerConfig
 
     loaded = config if isinstance(config, SamplerConfig) else SamplerConfig.load(config)
-    return json.loads(json.dumps({**asdict(loaded), "format": CONFIG_FORMAT}))
-
-
-def _config_object(record: Mapping[str, Any]) -> Any:
-    from ..tuner.config import Correction, SamplerConfig
-
-    data = {k: v for k, v in record.items() if k != "format"}
-    data["corrections"] = [
-        Correction(c["scale"], {int(k): float(v) for k, v in c["data"].items()})
-        for c in data["corrections"]
-    ]
-    return SamplerConfig(**data)
+    return loaded.record()
 
 
 @dataclass(frozen=True)
@@ -118,7 +106,9 @@ class GenerationSpec:
     def sampler(self) -> Sampler:
         """How each sample is integrated."""
         if self.config is not None:
-            return Sampler(config=_config_object(self.config))
+            from ..tuner.config import SamplerConfig
+
+            return Sampler(config=SamplerConfig.from_record(self.config))
         return Sampler(self.solver, self.nfe, self.spacing, dict(self.solver_options))
 
     @property
@@ -228,8 +218,7 @@ def make_spec(
         raise ArgumentError("guidance", "needs labels (classifier-free guidance is conditional)")
     if dtype not in DTYPES:
         raise ArgumentError("dtype", f"unknown {dtype!r}", f"one of {sorted(DTYPES)}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ArgumentError("seed", f"must be a non-negative integer, got {seed!r}")
+    check_count("seed", seed, 0)
     return GenerationSpec(
         model=model,
         model_options=_json("model options", options),

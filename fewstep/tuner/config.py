@@ -48,10 +48,23 @@ class SamplerConfig:
     meta: dict[str, Any] = field(default_factory=dict)
 
     # -- files ----------------------------------------------------------------------------
+    def record(self) -> dict[str, Any]:
+        """The JSON-ready form (a config file's content, or a field of a generation spec)."""
+        return json.loads(json.dumps({**asdict(self), "format": FORMAT}))
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any], source: str = "the record") -> SamplerConfig:
+        data = dict(data)
+        if data.pop("format", None) != FORMAT:
+            raise ArgumentError("config", f"{source} is not a {FORMAT} file")
+        data["corrections"] = [
+            Correction(c["scale"], {int(k): float(v) for k, v in c["data"].items()})
+            for c in data.get("corrections", [])
+        ]
+        return cls(**data)
+
     def save(self, path: str | os.PathLike) -> None:
-        data = asdict(self)
-        data["format"] = FORMAT
-        atomic_write_text(path, json.dumps(data, indent=1))
+        atomic_write_text(path, json.dumps(self.record(), indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SamplerConfig:
@@ -62,13 +75,7 @@ class SamplerConfig:
             raise ArgumentError(
                 "config", f"cannot read a sampler config from {path}: {err}"
             ) from err
-        if data.pop("format", None) != FORMAT:
-            raise ArgumentError("config", f"{path} is not a {FORMAT} file")
-        data["corrections"] = [
-            Correction(c["scale"], {int(k): float(v) for k, v in c["data"].items()})
-            for c in data.get("corrections", [])
-        ]
-        return cls(**data)
+        return cls.from_record(data, str(path))
 
     # -- running --------------------------------------------------------------------------
     def check(self, model: Model) -> None:

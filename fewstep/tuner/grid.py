@@ -21,18 +21,11 @@ def _mean_sq(x: Tensor) -> Tensor:
     return x.pow(2).reshape(*x.shape[:2], -1).mean(-1).mean(-1)  # over batch and features
 
 
-def step_costs(model: Model, teacher: Teacher) -> tuple[Tensor, Tensor, int]:
-    """(cost[a, b] of a DDIM step a -> b, end cost[e], model calls made)."""
+def step_costs(model: Model, teacher: Teacher) -> tuple[Tensor, Tensor]:
+    """(cost[a, b] of a DDIM step a -> b, end cost[e])."""
     schedule = model.schedule
     pts = points(schedule, teacher.times)
-    before = model.nfe
-    with torch.no_grad():
-        data = torch.stack(
-            [
-                model.evaluate(teacher.states[k], p, teacher.cond, teacher.uncond).data
-                for k, p in enumerate(pts)
-            ]
-        )
+    data = teacher.predictions(model)
     alpha = torch.tensor([p.alpha for p in pts], dtype=teacher.states.dtype)
     sigma = torch.tensor([p.sigma for p in pts], dtype=teacher.states.dtype)
     frame = alpha - schedule.classical_k * sigma
@@ -46,7 +39,7 @@ def step_costs(model: Model, teacher: Teacher) -> tuple[Tensor, Tensor, int]:
         err = (pred - teacher.states[a + 1 :]) / frame[a + 1 :].view(shape)
         cost[a, a + 1 :] = _mean_sq(err).double()
     end = _mean_sq(data - teacher.target).double()
-    return cost, end, model.nfe - before
+    return cost, end
 
 
 def dp_grid(

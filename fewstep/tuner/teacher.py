@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..generation import Sampler, sample_batched
-from ..model import Model
+from ..model import Model, points
 from ..spacing import Warped
 
 
@@ -32,10 +32,25 @@ class Teacher:
     seconds: float
     cond: Mapping[str, Any] | None = None
     uncond: Mapping[str, Any] | None = None
+    # the model's data predictions at the states, computed once: copies made with
+    # dataclasses.replace (another target) share this dict, so every budget reuses them
+    _predictions: dict = field(default_factory=dict, repr=False, compare=False)
 
     def start(self, schedule) -> Tensor:
         """The float64 starting state of every sampler fitted to this teacher."""
         return self.noise.to(torch.float64) * schedule.initial_scale(schedule.t_max)
+
+    def predictions(self, model: Model) -> Tensor:
+        """(T, batch, ...) the model's data prediction at every state (T x batch calls, once)."""
+        if "data" not in self._predictions:
+            with torch.no_grad():
+                self._predictions["data"] = torch.stack(
+                    [
+                        model.evaluate(self.states[k], p, self.cond, self.uncond).data
+                        for k, p in enumerate(points(model.schedule, self.times))
+                    ]
+                )
+        return self._predictions["data"]
 
     @classmethod
     def solve(

@@ -52,14 +52,12 @@ def _key(model: Model, noise: Tensor, cond) -> tuple:
     )
 
 
-def teacher_for(
-    model: Model, noise: Tensor, cond=None, uncond=None, target: Tensor | None = None
-) -> Teacher:
+def teacher_for(model: Model, noise: Tensor, cond=None, uncond=None) -> Teacher:
     """The teacher for these calibration inputs, computed once per (model, noises) and cached
-    in memory so that tuning several budgets reuses it."""
+    in memory so that tuning several budgets reuses it (``tune`` swaps in a given target)."""
     key = _key(model, noise, cond)
     if key not in _TEACHERS:
-        _TEACHERS[key] = Teacher.solve(model, noise, cond=cond, uncond=uncond, target=target)
+        _TEACHERS[key] = Teacher.solve(model, noise, cond=cond, uncond=uncond)
     return _TEACHERS[key]
 
 
@@ -122,9 +120,9 @@ def tune(
     if not isinstance(calibration, Tensor) or calibration.ndim < 2:
         raise ArgumentError("calibration", "give the calibration noises as a (batch, ...) tensor")
     start_time = time.perf_counter()
-    calls_before = model.nfe
     cached = teacher is not None or _key(model, calibration, cond) in _TEACHERS
-    teacher = teacher or teacher_for(model, calibration, cond, uncond, target)
+    teacher = teacher or teacher_for(model, calibration, cond, uncond)
+    calls_before = model.nfe  # after the teacher: its calls are reported apart
     if target is not None:
         teacher = replace(teacher, target=target)
     schedule = model.schedule
@@ -142,7 +140,7 @@ def tune(
     n_points = get_solver(candidates[0][0], **candidates[0][1]).grid_size(nfe, False)
     grids = {"default": auto_spacing.times(schedule, n_points).tolist()}
     if method in ("grid", "orders", "full"):
-        cost, end, _ = step_costs(model, teacher)
+        cost, end = step_costs(model, teacher)
         grids["dp"] = dp_grid(cost, end, n_points, teacher.times)
     scored = []
     for name, options in candidates[: 1 if method in ("grid", "coefficients") else None]:
