@@ -55,6 +55,13 @@ def _sem(x, ref) -> float:
     return float(e.std() / len(e) ** 0.5)
 
 
+def _paired_z(errors, peer_errors) -> float:
+    """The mean per-noise difference over its standard error: both samplers ran from the same
+    noises, so the noises' shared difficulty cancels (negative where the first is better)."""
+    d = errors - peer_errors
+    return float(d.mean() / (d.std() / len(d) ** 0.5))
+
+
 def _wrong_modes(x, ref, gmm) -> int:
     """Samples whose nearest mixture mean is not the exact solution's: a trajectory that
     crossed to another mode (an error of the size of the gap between modes)."""
@@ -62,7 +69,7 @@ def _wrong_modes(x, ref, gmm) -> int:
     return int((torch.cdist(x, means).argmin(1) != torch.cdist(ref.to(x), means).argmin(1)).sum())
 
 
-def _tune(model, nfe, cal, target, iterations, cond=None, uncond=None):
+def _tune(model, nfe, cal, target, args, cond=None, uncond=None):
     calls = model.nfe
     config = fewstep.tune(
         model,
@@ -71,7 +78,7 @@ def _tune(model, nfe, cal, target, iterations, cond=None, uncond=None):
         cond=cond,
         uncond=uncond,
         target=target,
-        iterations=iterations,
+        iterations=args.iterations,
         progress=False,
     )
     return config, model.nfe - calls
@@ -87,7 +94,7 @@ def gmm_rows(name, nfes, args, **mixture):
     budgets = sorted({k for n in nfes for k in (n, 2 * n)})
 
     def measure(x):
-        return {"modes": _wrong_modes(x, ref, pb.gmm), "sem": _sem(x, ref)}
+        return {"modes": _wrong_modes(x, ref, pb.gmm), "sem": _sem(x, ref), "errors": rmse(x, ref)}
 
     S.run_kdiffusion(pb, noise, ref, budgets, peer_rows, measure)
     S.run_diffusers(pb, noise, ref, budgets, peer_rows, measure)
@@ -95,7 +102,7 @@ def gmm_rows(name, nfes, args, **mixture):
     rows, configs = [], {}
     for n in nfes:
         start = time.perf_counter()
-        config, calls = _tune(model, n, cal, ref_cal, args.iterations)
+        config, calls = _tune(model, n, cal, ref_cal, args)
         seconds = time.perf_counter() - start
         configs[n] = config
         outputs = {
@@ -110,13 +117,19 @@ def gmm_rows(name, nfes, args, **mixture):
                 nfe=n,
                 **{k: _held_out(x, ref) for k, x in outputs.items()},
                 **{f"{k}_median": float(rmse(x, ref).median()) for k, x in outputs.items()},
-                **{f"{k}_{f}": v for k, x in outputs.items() for f, v in measure(x).items()},
+                **{
+                    f"{k}_{f}": v
+                    for k, x in outputs.items()
+                    for f, v in measure(x).items()
+                    if f != "errors"
+                },
                 peer=peers[n]["mean"],
                 peer_name=f"{peers[n]['library']} {peers[n]['sampler']} ({peers[n]['spacing']})",
                 peer_2n=peers[2 * n]["mean"],
                 peer_2n_median=peers[2 * n]["median"],
                 peer_2n_modes=peers[2 * n]["modes"],
                 peer_2n_sem=peers[2 * n]["sem"],
+                z=_paired_z(rmse(outputs["tuned"], ref), peers[2 * n]["errors"]),
                 peer_2n_name=(
                     f"{peers[2 * n]['library']} {peers[2 * n]['sampler']} "
                     f"({peers[2 * n]['spacing']})"
@@ -187,7 +200,7 @@ def digits_rows(args):
                 )
         start = time.perf_counter()
         cal = fewstep.randn((args.digits_calibration, *model.image_shape), seed=2000)
-        config, calls = _tune(model, 5, cal, None, args.iterations, *inputs(cal_labels))
+        config, calls = _tune(model, 5, cal, None, args, *inputs(cal_labels))
         x = fewstep.sample(model, noise, config=config, cond=cond, uncond=uncond)
         results["tuned"].append(
             dict(
@@ -259,7 +272,9 @@ def report(sections: dict) -> str:
         for r in rows:
             mix = r["mixture"]
             name = r["problem"] + (f" (d={mix['dim']}, K={mix['components']})" if mix else "")
-            z = (r["tuned"] - r["peer_2n"]) / math.hypot(r["tuned_sem"], r["peer_2n_sem"])
+            z = r.get(
+                "z", (r["tuned"] - r["peer_2n"]) / math.hypot(r["tuned_sem"], r["peer_2n_sem"])
+            )
             lines.append(
                 f"| {name} | {r['nfe']} | **{_fmt(r['tuned'])}** ± {r['tuned_sem']:.1e} | "
                 f"{_fmt(r['auto'])} | {_fmt(r['peer'])} | {_fmt(r['auto_2n'])} | "
@@ -269,8 +284,9 @@ def report(sections: dict) -> str:
             )
         lines += [
             "",
-            "± one standard error of the mean over the held-out noises; z: the difference "
-            "tuned - peer@2n in (unpaired) standard errors, negative where tuned is better.",
+            "± one standard error of the mean over the held-out noises; z: the mean of the "
+            "per-noise differences tuned - peer@2n over its standard error (paired: both ran "
+            "from the same noises), negative where tuned is better.",
         ]
         lines += [
             "",

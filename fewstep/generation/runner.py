@@ -1,6 +1,6 @@
-"""The one sampling loop every large job goes through (``fewstep generate``, the tuner's
-teacher, the demo's evaluation): samples for a list of indices, sample i determined by
-(seed, i) alone, in batches whose composition never changes a sample's noise."""
+"""The sampling loop of the large jobs (``fewstep generate``, the tuner's teacher): samples
+for a list of indices, sample i determined by (seed, i) alone, in batches whose composition
+never changes a sample's noise."""
 
 from __future__ import annotations
 
