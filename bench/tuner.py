@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import solvers as S
 
 import fewstep
+from fewstep.guidance import class_inputs
 from fewstep.io import atomic_write_bytes, atomic_write_text
 from fewstep.reference import problem, rmse
 
@@ -177,9 +178,6 @@ def digits_rows(args):
     labels = torch.arange(10).repeat_interleave(per_class)
     cal_labels = torch.arange(args.digits_calibration) % 10
 
-    def inputs(y):
-        return {"y": y}, {"y": torch.full_like(y, 10)}
-
     def scored(x, reference):
         return dict(fid=metrics.fid(x), rmse=_held_out(x, reference))
 
@@ -189,7 +187,7 @@ def digits_rows(args):
     for scale in args.guidance:
         model = load("digits-unet", guidance_scale=scale)
         noise = fewstep.randn((len(labels), *model.image_shape), seed=1000)
-        cond, uncond = inputs(labels)
+        cond, uncond = class_inputs(model, labels)
         references[scale] = reference = teacher(model, noise, cond=cond, uncond=uncond)
         results["teacher"][scale] = metrics.fid(reference)
         for solver in DIGITS_SOLVERS:
@@ -200,7 +198,7 @@ def digits_rows(args):
                 )
         start = time.perf_counter()
         cal = fewstep.randn((args.digits_calibration, *model.image_shape), seed=2000)
-        config, calls = _tune(model, 5, cal, None, args, *inputs(cal_labels))
+        config, calls = _tune(model, 5, cal, None, args, *class_inputs(model, cal_labels))
         x = fewstep.sample(model, noise, config=config, cond=cond, uncond=uncond)
         results["tuned"].append(
             dict(
@@ -214,7 +212,7 @@ def digits_rows(args):
         )
         results["configs"][scale] = config
         print(f"[digits w={scale}] tuned NFE 5: {results['tuned'][-1]}", flush=True)
-    cond, uncond = inputs(labels)
+    cond, uncond = class_inputs(model, labels)
     for tuned_at, config in results.pop("configs").items():
         for scale in args.guidance:
             if scale != tuned_at:

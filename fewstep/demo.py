@@ -31,6 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .errors import ArgumentError
+from .guidance import class_inputs
 from .io import atomic_write_bytes
 from .models import TrainedModel, load
 from .noise import randn
@@ -142,8 +143,7 @@ def _measure(name: str, cfg: DemoConfig, metrics: DigitsMetrics, progress: Progr
     hook = model.network.register_forward_hook(tick)
     labels = torch.arange(cfg.samples) % model.num_classes
     noise = randn((cfg.samples, *model.image_shape), cfg.seed)
-    null = torch.full_like(labels, model.null_class)
-    cond, uncond = {"y": labels}, {"y": null}
+    cond, uncond = class_inputs(model, labels)
 
     def run(m: TrainedModel, solver: str, nfe: int) -> tuple[Tensor, float]:
         progress((0, f"{name} {solver} NFE {nfe}"))
@@ -154,15 +154,13 @@ def _measure(name: str, cfg: DemoConfig, metrics: DigitsMetrics, progress: Progr
     progress((0, f"{name} teacher"))
     start = time.perf_counter()
     m = cfg.teacher_samples
-    ref = teacher(
-        model, noise[:m], nfe=cfg.teacher_nfe, cond={"y": labels[:m]}, uncond={"y": null[:m]}
-    )
+    first_cond, first_uncond = class_inputs(model, labels[:m])
+    ref = teacher(model, noise[:m], nfe=cfg.teacher_nfe, cond=first_cond, uncond=first_uncond)
     seconds = time.perf_counter() - start
     # The teacher's own error: against twice the calls, on a few samples.
     k = min(TEACHER_CHECK_SAMPLES, m)
-    finer = teacher(
-        model, noise[:k], nfe=2 * cfg.teacher_nfe, cond={"y": labels[:k]}, uncond={"y": null[:k]}
-    )
+    few_cond, few_uncond = class_inputs(model, labels[:k])
+    finer = teacher(model, noise[:k], nfe=2 * cfg.teacher_nfe, cond=few_cond, uncond=few_uncond)
     result = ModelResult(model.info, labels, ref, teacher_rmse(ref[:k], finer), seconds)
     for solver in cfg.solvers:
         for nfe in cfg.nfes:

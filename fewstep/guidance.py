@@ -10,6 +10,13 @@ from torch import Tensor
 from .errors import ArgumentError
 
 
+def class_inputs(model, labels: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+    """The conditional and unconditional inputs of class ``labels``: the unconditional branch
+    of classifier-free guidance gets the model's ``null_class`` (None where it has none)."""
+    null = getattr(model, "null_class", None)
+    return {"y": labels}, (None if null is None else {"y": torch.full_like(labels, int(null))})
+
+
 def _per_sample_std(x: Tensor) -> Tensor:
     return x.std(dim=tuple(range(1, x.ndim)), keepdim=True)
 

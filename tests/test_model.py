@@ -90,6 +90,15 @@ def test_guidance_needs_uncond(gmm):
         fewstep.sample(model, torch.randn(2, 8), nfe=3)
 
 
+def test_class_inputs_give_the_unconditional_branch_the_null_class(gmm):
+    labels = torch.tensor([0, 3, 7])
+    model = gmm.model(fewstep.FlowSchedule(), "flow")
+    assert fewstep.guidance.class_inputs(model, labels) == ({"y": labels}, None)
+    model.null_class = 10
+    cond, uncond = fewstep.guidance.class_inputs(model, labels)
+    assert cond["y"] is labels and torch.equal(uncond["y"], torch.full((3,), 10))
+
+
 def test_dynamic_thresholding_clips_and_stays_consistent():
     sch = fewstep.VPSchedule.scaled_linear()
     model = fewstep.Model(

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ArgumentError
+from ..guidance import class_inputs
 from ..model import Model
 from ..noise import derive_seed, randn
 from ..sampling import Trajectory, sample
@@ -123,11 +124,7 @@ def sample_indices(
     if not index or min(index) < 0:
         raise ArgumentError("indices", "need at least one index, all non-negative")
     y = index_labels(labels, index, model)
-    cond = uncond = None
-    if y is not None:
-        cond = {"y": y}
-        if hasattr(model, "null_class"):
-            uncond = {"y": torch.full_like(y, int(model.null_class))}
+    cond, uncond = (None, None) if y is None else class_inputs(model, y)
     samples = sample_batched(
         model,
         index_noise(shape, index, seed, dtype),

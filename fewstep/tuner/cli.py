@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..guidance import class_inputs
 from ..noise import randn
 from .tune import METHODS, tune
 
@@ -29,7 +30,7 @@ def _calibration(name: str, count: int, seed: int, guidance: float):
     if classes is None:
         return model, noise, None, None, None
     labels = torch.arange(count) % classes
-    return model, noise, {"y": labels}, {"y": torch.full_like(labels, model.null_class)}, None
+    return model, noise, *class_inputs(model, labels), None
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
