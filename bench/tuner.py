@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -50,10 +49,9 @@ def _held_out(x, ref) -> float:
     return float(rmse(x, ref).mean())
 
 
-def _sem(x, ref) -> float:
-    """Standard error of the mean RMSE over the held-out noises."""
-    e = rmse(x, ref)
-    return float(e.std() / len(e) ** 0.5)
+def _sem(errors) -> float:
+    """Standard error of the mean of per-noise errors."""
+    return float(errors.std() / len(errors) ** 0.5)
 
 
 def _paired_z(errors, peer_errors) -> float:
@@ -95,7 +93,8 @@ def gmm_rows(name, nfes, args, **mixture):
     budgets = sorted({k for n in nfes for k in (n, 2 * n)})
 
     def measure(x):
-        return {"modes": _wrong_modes(x, ref, pb.gmm), "sem": _sem(x, ref), "errors": rmse(x, ref)}
+        errors = rmse(x, ref)
+        return {"modes": _wrong_modes(x, ref, pb.gmm), "sem": _sem(errors), "errors": errors}
 
     S.run_kdiffusion(pb, noise, ref, budgets, peer_rows, measure)
     S.run_diffusers(pb, noise, ref, budgets, peer_rows, measure)
@@ -111,26 +110,22 @@ def gmm_rows(name, nfes, args, **mixture):
             "auto": fewstep.sample(model, noise, nfe=n),
             "auto_2n": fewstep.sample(model, noise, nfe=2 * n),
         }
+        measured = {k: measure(x) for k, x in outputs.items()}
         rows.append(
             dict(
                 problem=pb.name,
                 mixture=mixture,
                 nfe=n,
-                **{k: _held_out(x, ref) for k, x in outputs.items()},
-                **{f"{k}_median": float(rmse(x, ref).median()) for k, x in outputs.items()},
-                **{
-                    f"{k}_{f}": v
-                    for k, x in outputs.items()
-                    for f, v in measure(x).items()
-                    if f != "errors"
-                },
+                **{k: float(m["errors"].mean()) for k, m in measured.items()},
+                **{f"{k}_median": float(m["errors"].median()) for k, m in measured.items()},
+                **{f"{k}_{f}": m[f] for k, m in measured.items() for f in ("modes", "sem")},
                 peer=peers[n]["mean"],
                 peer_name=f"{peers[n]['library']} {peers[n]['sampler']} ({peers[n]['spacing']})",
                 peer_2n=peers[2 * n]["mean"],
                 peer_2n_median=peers[2 * n]["median"],
                 peer_2n_modes=peers[2 * n]["modes"],
                 peer_2n_sem=peers[2 * n]["sem"],
-                z=_paired_z(rmse(outputs["tuned"], ref), peers[2 * n]["errors"]),
+                z=_paired_z(measured["tuned"]["errors"], peers[2 * n]["errors"]),
                 peer_2n_name=(
                     f"{peers[2 * n]['library']} {peers[2 * n]['sampler']} "
                     f"({peers[2 * n]['spacing']})"
@@ -239,8 +234,8 @@ def _made_by(meta: dict) -> str:
 def _matching_nfe(best: dict, guidance: float, value: float) -> str:
     """The fewest untuned calls whose best solver's RMSE is at most ``value``."""
     for n in DIGITS_NFES:
-        row = best.get((guidance, n, "rmse"))  # a digits run older than DIGITS_NFES lacks some
-        if row is not None and row["rmse"] <= value:
+        row = best[(guidance, n, "rmse")]
+        if row["rmse"] <= value:
             return f"{n} ({row['solver']})"
     return f"more than {DIGITS_NFES[-1]}"
 
@@ -270,15 +265,12 @@ def report(sections: dict) -> str:
         for r in rows:
             mix = r["mixture"]
             name = r["problem"] + (f" (d={mix['dim']}, K={mix['components']})" if mix else "")
-            z = r.get(
-                "z", (r["tuned"] - r["peer_2n"]) / math.hypot(r["tuned_sem"], r["peer_2n_sem"])
-            )
             lines.append(
                 f"| {name} | {r['nfe']} | **{_fmt(r['tuned'])}** ± {r['tuned_sem']:.1e} | "
                 f"{_fmt(r['auto'])} | {_fmt(r['peer'])} | {_fmt(r['auto_2n'])} | "
                 f"{_fmt(r['peer_2n'])} ± {r['peer_2n_sem']:.1e} | "
-                f"{r['tuned'] / r['peer_2n']:.2f} | {z:+.1f} | {r['calibration_calls']} calls, "
-                f"{r['calibration_seconds']:.0f} s |"
+                f"{r['tuned'] / r['peer_2n']:.2f} | {r['z']:+.1f} | "
+                f"{r['calibration_calls']} calls, {r['calibration_seconds']:.0f} s |"
             )
         lines += [
             "",
