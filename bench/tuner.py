@@ -3,7 +3,7 @@ at n and at 2n, on held-out noises, with the calibration cost.
 
 - gmm: the solver benchmark's exact mixtures (SD ``scaled_linear`` VP with epsilon
   prediction; rectified flow with velocity), mean RMSE against the exact ODE solution on
-  2048 held-out noises; peers are every deterministic diffusers and k-diffusion sampler at
+  8192 held-out noises; peers are every deterministic diffusers and k-diffusion sampler at
   its best spacing option (``bench/solvers.py``'s harness, run here in the same process);
 - unseen: the same on a mixture of another dimension, component count and seed;
 - transfer: a configuration tuned on one mixture applied to the other one at the same NFE;
@@ -418,7 +418,7 @@ def main() -> None:
     parser.add_argument("--nfes", type=int, nargs="+", default=[5, 6, 8, 10])
     # the mean error is dominated by rare samples that cross to another mode (0.1-2% of
     # them): fewer held-out noises leave each mean to a handful of such events
-    parser.add_argument("--samples", type=int, default=2048)
+    parser.add_argument("--samples", type=int, default=8192)
     parser.add_argument("--calibration", type=int, default=512)
     parser.add_argument("--iterations", type=int, default=600)
     parser.add_argument("--digits-samples", type=int, default=1000)

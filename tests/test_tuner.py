@@ -142,12 +142,12 @@ def test_diffusers_scheduler_runs_a_tuned_config(setup, tmp_path):
 
 def test_guided_conditional_model_tunes():
     """Gradient tuning through a guided, class-conditional network (a shipped digits model)."""
+    from fewstep.guidance import class_inputs
     from fewstep.models import load
 
     model = load("digits-unet", guidance_scale=2.0)
     noise = fewstep.randn((8, *model.image_shape), seed=5)
-    y = torch.arange(8) % 10
-    cond, uncond = {"y": y}, {"y": torch.full_like(y, model.null_class)}
+    cond, uncond = class_inputs(model, torch.arange(8) % 10)
     teacher = Teacher.solve(model, noise, points=12, refine=1, cond=cond, uncond=uncond)
     config = fewstep.tune(
         model, 3, calibration=noise, teacher=teacher, iterations=4, progress=False
