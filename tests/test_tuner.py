@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import fewstep
+from fewstep.guidance import class_inputs
 from fewstep.reference import problem, rmse
 from fewstep.solvers import get_solver
 from fewstep.tuner import SamplerConfig, Teacher, calibration_loss
@@ -142,7 +143,6 @@ def test_diffusers_scheduler_runs_a_tuned_config(setup, tmp_path):
 
 def test_guided_conditional_model_tunes():
     """Gradient tuning through a guided, class-conditional network (a shipped digits model)."""
-    from fewstep.guidance import class_inputs
     from fewstep.models import load
 
     model = load("digits-unet", guidance_scale=2.0)
