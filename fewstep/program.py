@@ -6,6 +6,8 @@ list of two instructions,
     Evaluate(state, point)                 -> evaluation k: (D_k, eps_k) = model(state, point)
     Combine(target, base, scale, terms)    -> target = scale * base + sum_j (a_j D_j + b_j eps_j)
 
+(and ``Estimate``, an evaluation that an approximation of the data makes instead of the model)
+
 with every coefficient computed once, on the host, before sampling starts. The executor
 below is the only sampling loop; solvers differ only in their coefficients (DESIGN.md), and
 a tuner can rewrite the coefficients of a compiled program directly.
@@ -14,7 +16,7 @@ a tuner can rewrite the coefficients of a compiled program directly.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from torch import Tensor
 
@@ -53,6 +55,16 @@ class Evaluate:
 
 
 @dataclass(frozen=True)
+class Estimate:
+    """An evaluation made without the model: ``by(state, point)`` approximates (D, eps),
+    as the analytic first step does; it counts as an evaluation, not as a model call."""
+
+    state: int
+    point: Point
+    by: Callable[[Tensor, Point], Prediction]
+
+
+@dataclass(frozen=True)
 class Combine:
     """register[target] = scale * register[base] + sum of ``terms``.
 
@@ -68,7 +80,7 @@ class Combine:
     draws: tuple[tuple[int, Coefficient], ...] = ()  # (draw index, coefficient)
 
 
-Instruction = Evaluate | Combine
+Instruction = Evaluate | Estimate | Combine
 
 
 @dataclass(frozen=True)
@@ -142,6 +154,10 @@ class Execution:
             ins = program.instructions[self._next]
             if isinstance(ins, Evaluate):
                 return ins
+            if isinstance(ins, Estimate):
+                self.results.append(ins.by(self.registers[ins.state], ins.point))
+                self._release()
+                continue
             out = combine(self.registers[ins.base], ins.scale, ins.terms, self.results)
             for index, coef in ins.draws:
                 z = self.noise(program.draws[index], out)
@@ -247,11 +263,13 @@ class ProgramBuilder:
             return registers[r]
 
         for ins in program.instructions:
-            if isinstance(ins, Evaluate):
+            if isinstance(ins, (Evaluate, Estimate)):
                 if evaluations == program.output and not keep_output:
                     evaluations += 1
                     continue
-                sources[evaluations] = self.evaluate(reg(ins.state), ins.point, ins.step)
+                self._instructions.append(replace(ins, state=reg(ins.state)))
+                sources[evaluations] = self._n_evaluations
+                self._n_evaluations += 1
                 evaluations += 1
                 continue
             for index, _ in ins.draws:
@@ -286,7 +304,7 @@ def with_releases(
     last_use: dict[int, int] = {}
     k = 0
     for i, ins in enumerate(instructions):
-        if isinstance(ins, Evaluate):
+        if isinstance(ins, (Evaluate, Estimate)):
             last_use[k] = i
             k += 1
         else:

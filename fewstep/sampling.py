@@ -270,7 +270,8 @@ def sample(
                 f"fixes the solver, nfe and times; also given: {given or ['nfe']}",
                 "drop them, or sample without config",
             )
-        solver, nfe, solver_options = config.solver, config.nfe, dict(config.options)
+        # the solver's evaluations (the analytic first step, if any, is one without a call)
+        solver, nfe, solver_options = config.solver, config.evaluations, dict(config.options)
         spacing = config.times
     solver_obj, sp = resolve(
         model, solver, spacing, DEFAULT_NFE if nfe is None else nfe, **solver_options

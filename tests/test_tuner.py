@@ -7,9 +7,14 @@ import pytest
 import torch
 
 import fewstep
+from fewstep.analytic import GaussianData, analytic_start
 from fewstep.guidance import class_inputs
-from fewstep.reference import problem, rmse
+from fewstep.model import Point
+from fewstep.program import Estimate
+from fewstep.reference import GaussianMixture, problem, rmse
+from fewstep.sampling import plan
 from fewstep.solvers import get_solver
+from fewstep.spacing import Times
 from fewstep.tuner import SamplerConfig, Teacher, calibration_loss
 from fewstep.tuner.gradient import refine
 from fewstep.tuner.tune import _TEACHERS, teacher_for
@@ -74,8 +79,9 @@ def test_refinement_keeps_the_best_held_out_mean(setup):
     _, model, calibration, target, config = setup
     teacher = replace(teacher_for(model, calibration), target=target)
     solver = get_solver(config.solver, **config.options)
+    gaussian = config.gaussian and GaussianData.from_record(config.gaussian)
     times, corrections, calls, before, after = refine(
-        model, solver, 4, config.times, teacher, iterations=10
+        model, solver, 4, config.times, teacher, iterations=10, gaussian=gaussian
     )
     assert after <= before
     kept = replace(config, times=times, corrections=corrections, call_times=calls)
@@ -119,11 +125,90 @@ def test_config_refuses_other_models_and_options(setup):
         fewstep.tune(model, 4, calibration=pb.noise(4), method="magic")
 
 
+def test_analytic_first_step_is_the_exact_gaussian_posterior():
+    """On data that is one diagonal Gaussian the analytic prediction is exact: it matches the
+    exact mixture's posterior mean at any noise level."""
+    mean = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    var = torch.tensor([0.2, 1.5, 0.7], dtype=torch.float64)
+    gmm = GaussianMixture(mean[None], torch.diag(var)[None])
+    x = torch.randn(5, 3, dtype=torch.float64)
+    for alpha, sigma in [(0.07, 0.998), (0.6, 0.8), (1.0, 3.0)]:
+        pred = GaussianData(mean, var).predict(x, Point(0.0, alpha, sigma, 0.0, 0.0, 0.0))
+        torch.testing.assert_close(pred.data, gmm.denoise(x, alpha, sigma))
+        torch.testing.assert_close(alpha * pred.data + sigma * pred.noise, x)
+    fitted = GaussianData.fit(gmm.sample(20000, seed=1))
+    torch.testing.assert_close(fitted.mean, mean, atol=0.05, rtol=0)
+    torch.testing.assert_close(fitted.var, var, atol=0.05, rtol=0.05)
+    with pytest.raises(fewstep.ArgumentError, match="shape"):
+        fitted.predict(torch.zeros(2, 4, dtype=torch.float64), Point(0.0, 0.1, 1.0, 0, 0, 0))
+
+
+def test_analytic_config_makes_nfe_calls_and_round_trips(setup, tmp_path):
+    """A configuration with the analytic first step runs the solver's n + 1 evaluations with
+    n model calls, the first evaluation from the Gaussian, and survives its JSON file."""
+    pb, model, _, target, _ = setup
+    gaussian = GaussianData.fit(target)
+    times = Times(tuple(torch.linspace(999.0, 20.0, 5).tolist()))
+    _, _, program = plan(model, "unipc", 5, times)
+    program = analytic_start(program, gaussian)
+    assert program.nfe == 4 and isinstance(program.instructions[0], Estimate)
+    config = SamplerConfig(
+        "unipc",
+        {},
+        list(times.values),
+        4,
+        pb.schedule.config(),
+        "epsilon",
+        gaussian=gaussian.record(),
+    )
+    assert config.evaluations == 5
+    noise = pb.noise(6, seed=3)
+    model.nfe = 0
+    out = fewstep.sample(model, noise, config=config)
+    assert model.nfe == 4
+    path = tmp_path / "analytic.json"
+    config.save(path)
+    assert torch.equal(out, fewstep.sample(model, noise, config=SamplerConfig.load(path)))
+    # the same solver with the Gaussian as a model: equal up to where the first call is made
+    made = []
+
+    def fn(x, t):
+        made.append(float(t[0]))
+        if len(made) == 1:
+            return gaussian.predict(x, Point.at(pb.schedule, made[0])).noise
+        return model.fn(x, t)
+
+    replay = fewstep.Model(fn, pb.schedule, "epsilon")
+    expected = fewstep.sample(replay, noise, solver="unipc", spacing=times, nfe=5)
+    torch.testing.assert_close(out, expected)
+
+
+def test_refinement_with_the_analytic_first_step(setup):
+    _, model, calibration, target, _ = setup
+    teacher = replace(teacher_for(model, calibration), target=target)
+    times = torch.linspace(999.0, 20.0, 5).tolist()
+    solver = get_solver("unipc", order=2)
+    new_times, _, calls, before, after = refine(
+        model, solver, 4, times, teacher, iterations=10, gaussian=GaussianData.fit(target)
+    )
+    assert after <= before and len(new_times) == 5 and len(calls) == 4
+    assert calls[0] < new_times[0]  # every call can shift: none is made at t_max
+
+
 def test_diffusers_scheduler_runs_a_tuned_config(setup, tmp_path):
     diffusers = pytest.importorskip("diffusers")
     from fewstep.integrations.diffusers import FewstepScheduler
 
-    pb, model, _, _, config = setup
+    pb, model, calibration, target, _ = setup
+    config = fewstep.tune(
+        model,
+        4,
+        calibration=calibration,
+        target=target,
+        iterations=10,
+        analytic=False,
+        progress=False,
+    )
     path = tmp_path / "tuned.json"
     config.save(path)
     base = diffusers.DDPMScheduler(
@@ -139,6 +224,11 @@ def test_diffusers_scheduler_runs_a_tuned_config(setup, tmp_path):
     torch.testing.assert_close(x, fewstep.sample(model, noise, config=config), rtol=1e-6, atol=1e-8)
     with pytest.raises(fewstep.ArgumentError, match="num_inference_steps"):
         sched.set_timesteps(config.nfe + 3)
+    config.gaussian = GaussianData.fit(target).record()
+    config.times = torch.linspace(999.0, 20.0, 6).tolist()
+    config.save(path)
+    with pytest.raises(fewstep.ArgumentError, match="analytic"):
+        FewstepScheduler.from_config(base.config, tuned=str(path))
 
 
 def test_guided_conditional_model_tunes():
@@ -165,4 +255,5 @@ def test_tune_command_writes_a_config_that_sample_accepts(tmp_path, capsys):
     path = tmp_path / "gmm-vp-nfe3.json"
     assert SamplerConfig.load(path).nfe == 3
     assert main(["sample", "--config", str(path), "--num-samples", "4"]) == 0
-    assert "3 model calls" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "first step, calibration RMSE" in out and "3 model calls" in out

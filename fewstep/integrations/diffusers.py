@@ -97,6 +97,14 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
 
             self._tuned = SamplerConfig.load(tuned)
             self._tuned.check(self._model())
+            if self._tuned.gaussian is not None:
+                raise ArgumentError(
+                    "tuned",
+                    "this sampler's first step is analytic, but a pipeline calls the model on "
+                    "its initial latents first",
+                    "tune with fewstep.tune(..., analytic=False) for diffusers pipelines, or "
+                    "sample with fewstep.sample(..., config=...)",
+                )
         continuous = schedule_type == "flow" or tuned is not None
         self._timestep_type = timestep_type or ("continuous" if continuous else "discrete")
         self.timesteps = torch.tensor([])

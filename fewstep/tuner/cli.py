@@ -50,12 +50,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             solver=args.solver,
             method=args.method,
             iterations=args.iterations,
+            analytic=not args.model_first,
         )
         path = out / f"{stem}-nfe{nfe}.json"
         config.save(path)
         meta = config.meta
         print(
-            f"nfe {nfe}: {config.solver} {config.options}, calibration RMSE "
+            f"nfe {nfe}: {config.solver} {config.options}, "
+            f"{meta['first_step']} first step, calibration RMSE "
             f"{meta['calibration_rmse_start']:.4e} -> {meta['calibration_rmse']:.4e} "
             f"({meta['teacher_calls'] + meta['tuning_calls']} model calls, "
             f"{meta['seconds']:.0f} s) -> {path}"
@@ -80,5 +82,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--solver", default=None, help="fix the base solver (unipc, dpmpp_2m, ...)")
     p.add_argument("--method", default="full", choices=METHODS)
     p.add_argument("--iterations", type=int, default=600, help="gradient steps")
+    p.add_argument(
+        "--model-first",
+        action="store_true",
+        help="no analytic first step: a config the diffusers scheduler can run",
+    )
     p.add_argument("--out", default="out/tune", help="directory of the config JSON files")
     p.set_defaults(func=_cmd_tune)

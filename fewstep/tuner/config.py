@@ -4,7 +4,9 @@ The program a configuration runs is the solver compiled on its times, with addit
 corrections on the coefficients of its combinations: ``corrections[c]`` holds the change of
 the c-th combination's scale and of its data coefficients on any earlier evaluation (a
 tuned step may use all the history, not only the solver's). Zero corrections are the plain
-solver on the tuned grid.
+solver on the tuned grid. With ``gaussian`` (a data mean and variance) the first of the
+solver's evaluations is the analytic first step (fewstep.analytic), not a model call: the
+solver is compiled for nfe + 1 evaluations and still makes nfe model calls.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from ..analytic import GaussianData, analytic_start
 from ..errors import ArgumentError
 from ..io import atomic_write_text
 from ..model import Model, Point, points
@@ -45,6 +48,7 @@ class SamplerConfig:
     prediction: str
     corrections: list[Correction] = field(default_factory=list)
     call_times: list[float] | None = None
+    gaussian: dict[str, Any] | None = None  # GaussianData.record() of an analytic first step
     meta: dict[str, Any] = field(default_factory=dict)
 
     # -- files ----------------------------------------------------------------------------
@@ -91,10 +95,19 @@ class SamplerConfig:
                 "config", f"was tuned for a {self.prediction!r} model, not {model.prediction!r}"
             )
 
+    @property
+    def evaluations(self) -> int:
+        """The solver's evaluations: the model calls, and the analytic first step if any."""
+        return self.nfe + (self.gaussian is not None)
+
     def program(self, model: Model) -> Program:
-        """The solver compiled on the tuned times, corrections and call times applied."""
+        """The solver compiled on the tuned times, the analytic first step, corrections and
+        call times applied."""
         self.check(model)
-        _, _, base = plan(model, self.solver, self.nfe, Times(tuple(self.times)), **self.options)
+        times = Times(tuple(self.times))
+        _, _, base = plan(model, self.solver, self.evaluations, times, **self.options)
+        if self.gaussian is not None:
+            base = analytic_start(base, GaussianData.from_record(self.gaussian))
         program = corrected(base, self.corrections)
         if self.call_times is not None:
             program = shifted(program, points(model.schedule, self.call_times))

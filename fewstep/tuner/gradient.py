@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..analytic import GaussianData, analytic_start
 from ..model import Model, Point
 from ..program import Combine, Program
 from ..reference.metrics import per_sample_rmse
@@ -143,22 +144,28 @@ def refine(
     learn_call_times: bool = True,
     lr_times: float = 0.03,
     lr_coefficients: float = 2e-3,
+    gaussian: GaussianData | None = None,
     progress=None,
 ) -> tuple[list[float], list[Correction], list[float] | None, float, float]:
     """(times, corrections, call times, held-out mean RMSE before and after), fitting
     the sampler's mean per-sample RMSE against the teacher's target on three quarters of its
-    noises. Call times (the times
-    the network sees, offsets in log tau from the grid's) are learned with
-    ``learn_call_times``: the time-shift sampler's correction of exposure bias."""
+    noises. Call times (the times the network sees, offsets in log tau from the grid's) are
+    learned with ``learn_call_times``: the time-shift sampler's correction of exposure bias.
+    With ``gaussian`` the first evaluation is the analytic first step (nfe model calls)."""
     schedule = model.schedule
     grid = GridParameters(schedule, times, learn_end and learn_times)
     grid.theta.requires_grad_(learn_times)
-    base = solver.compile(Grid(schedule, tensor_points(schedule, grid.times().detach())), nfe)
-    corrections = correction_parameters(base)
+
+    def compile_on(pts) -> Program:
+        program = solver.compile(Grid(schedule, pts), nfe + (gaussian is not None))
+        return program if gaussian is None else analytic_start(program, gaussian)
+
+    corrections = correction_parameters(compile_on(tensor_points(schedule, grid.times().detach())))
     for p in corrections:
         p.requires_grad_(learn_coefficients)
-    # the first call stays at t_max (where the flow's noise level is infinite)
-    shifts = torch.zeros(nfe - 1, dtype=torch.float64, requires_grad=learn_call_times)
+    # a model call at t_max stays there (where the flow's noise level is infinite)
+    fixed = int(gaussian is None)
+    shifts = torch.zeros(nfe - fixed, dtype=torch.float64, requires_grad=learn_call_times)
     groups = []
     if learn_times:
         groups.append(
@@ -175,8 +182,9 @@ def refine(
     )
 
     def program_now() -> Program:
-        pts = tensor_points(schedule, grid.times())
-        program = corrected(solver.compile(Grid(schedule, pts), nfe), as_corrections(corrections))
+        program = corrected(
+            compile_on(tensor_points(schedule, grid.times())), as_corrections(corrections)
+        )
         return (
             shifted(program, tensor_points(schedule, call_times(program)))
             if learn_call_times
@@ -188,7 +196,7 @@ def refine(
             [torch.as_tensor(ins.point.t, dtype=torch.float64) for ins in program.evaluations]
         )
         tau = classical_sigma(schedule, base_t) * torch.exp(
-            torch.cat([shifts.new_zeros(1), shifts])
+            torch.cat([shifts.new_zeros(fixed), shifts])
         )
         tau = torch.minimum(torch.maximum(tau, tau_range[0]), tau_range[1])
         return torch.clamp(t_of_classical_sigma(schedule, tau), schedule.t_min, schedule.t_max)

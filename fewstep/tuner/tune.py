@@ -4,11 +4,13 @@ Stages, each keeping the best calibration loss seen so far (the plain solver on 
 grid is the first candidate, so tuning never makes the calibration loss worse):
 
 1. grid: the default grid of ``solver="auto"``, and a grid chosen by dynamic programming
-   on the teacher trajectory (GITS / optimal stepsize distillation);
+   on the teacher trajectory (GITS / optimal stepsize distillation), each with a model call
+   first and with the analytic first step (a Gaussian fitted to the teacher's end points
+   in place of the first call: one more evaluation for the same budget);
 2. solver and per-step orders: a few solvers, then each step's order, greedily (as S^3 does);
 3. gradient: times and per-step coefficient corrections through the sampler (bespoke
    solvers, learnable sampler distillation, DC-Solver's compensation), started from the
-   searched sampler and from the plain default.
+   searched sampler and from the plain default of its first step.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import defaults
+from ..analytic import GaussianData, analytic_start
 from ..errors import ArgumentError
 from ..model import Model
 from ..sampling import plan, run
@@ -62,13 +65,24 @@ def teacher_for(model: Model, noise: Tensor, cond=None, uncond=None) -> Teacher:
 
 
 def calibration_loss(
-    model: Model, teacher: Teacher, solver: str, options: dict, nfe: int, times
+    model: Model,
+    teacher: Teacher,
+    solver: str,
+    options: dict,
+    nfe: int,
+    times,
+    gaussian: GaussianData | None = None,
 ) -> float:
-    """Mean per-sample RMSE of the plain solver on these times against the teacher's target."""
+    """Mean per-sample RMSE of the plain solver on these times against the teacher's target
+    (with ``gaussian``, its first evaluation is the analytic first step)."""
     try:
-        _, _, program = plan(model, solver, nfe, Times(tuple(times)), **options)
+        _, _, program = plan(
+            model, solver, nfe + (gaussian is not None), Times(tuple(times)), **options
+        )
     except ArgumentError:
         return float("inf")
+    if gaussian is not None:
+        program = analytic_start(program, gaussian)
     return program_loss(model, teacher, program)
 
 
@@ -97,6 +111,7 @@ def tune(
     teacher: Teacher | None = None,
     target: Tensor | None = None,
     iterations: int = 600,
+    analytic: bool = True,
     progress: bool = True,
 ) -> SamplerConfig:
     """A sampler configuration for ``model`` at ``nfe`` model calls, fitted on the
@@ -112,6 +127,10 @@ def tune(
         teacher: a precomputed ``Teacher`` (otherwise computed and cached per noises).
         target: the end points to fit instead of the teacher's (e.g. exact ODE solutions).
         iterations: gradient steps.
+        analytic: with method "full", also try the analytic first step (a Gaussian fitted
+            to the teacher's end points stands in for the first model call, so the solver
+            gets one more evaluation); False for samplers a diffusers pipeline runs, which
+            calls the model on its initial latents first.
     """
     if method not in METHODS:
         raise ArgumentError("method", f"unknown {method!r}", f"one of {METHODS}")
@@ -128,58 +147,50 @@ def tune(
     schedule = model.schedule
     bar = tqdm(total=iterations, desc=f"tuning nfe={nfe}", disable=not progress, leave=False)
 
-    # 1. candidate grids: the calibrated default and the teacher's dynamic programme
-    auto_name, auto_options, auto_spacing = defaults.auto(schedule, nfe)
-    candidates = [(auto_name, dict(auto_options))]
-    if solver is not None:
-        candidates = [(solver, {})]
-    elif (auto_name, auto_options) not in CANDIDATES:
-        candidates += CANDIDATES
-    else:
-        candidates += [c for c in CANDIDATES if c != (auto_name, auto_options)]
-    n_points = get_solver(candidates[0][0], **candidates[0][1]).grid_size(nfe, False)
-    grids = {"default": auto_spacing.times(schedule, n_points).tolist()}
-    if method in ("grid", "orders", "full"):
-        cost, end = step_costs(model, teacher)
-        grids["dp"] = dp_grid(cost, end, n_points, teacher.times)
+    # 1. candidate samplers: solvers on the calibrated default grid and on the teacher's
+    # dynamic programme, each with a model call first and with the analytic first step
+    first_steps = [None]
+    if analytic and method == "full":
+        first_steps.append(GaussianData.fit(teacher.target))
     scored = []
-    for name, options in candidates[: 1 if method in ("grid", "coefficients") else None]:
-        for label, times in grids.items():
-            if get_solver(name, **options).grid_size(nfe, False) != len(times):
-                continue
-            scored.append(
-                (
-                    calibration_loss(model, teacher, name, options, nfe, times),
-                    name,
-                    options,
-                    times,
-                    label,
-                )
-            )
-    start_loss = scored[0][0]  # the plain default: the starting point
-    loss, name, options, times, grid_label = min(scored, key=lambda r: r[0])
+    for gaussian in first_steps:
+        scored += _score_candidates(model, teacher, nfe, method, solver, gaussian)
+    plain = scored[0]  # the plain default: the starting point
+    best = min(scored, key=lambda c: c.loss)
+    loss, name, options, times, gaussian = (
+        best.loss,
+        best.solver,
+        best.options,
+        best.times,
+        best.gaussian,
+    )
+    grid_label = best.grid
 
     # 2. per-step orders, greedily
     if method in ("orders", "full"):
-        options, loss = _search_orders(model, teacher, name, options, nfe, times, loss)
+        options, loss = _search_orders(model, teacher, name, options, nfe, times, loss, gaussian)
 
     # 3. times and coefficients through the sampler, from the searched sampler and from the
-    # plain default: the mean error is carried by the few samples a sampler sends to another
-    # mode, and a start that trades typical accuracy for fewer of them can trap the descent
+    # plain default of its first step: the mean error is carried by the few samples a
+    # sampler sends to another mode, and a start that trades typical accuracy for fewer of
+    # them can trap the descent
     corrections, call_times = [], None
     if method in ("grid", "coefficients", "full"):
-        starts = [(name, options, times, grid_label)]
-        plain = scored[0][1:]
-        if plain[:3] != (name, options, times):
-            starts.append(plain)
+        starts = [Candidate(loss, name, options, times, grid_label, gaussian)]
+        default = next(c for c in scored if c.gaussian is gaussian)
+        if (default.solver, default.options, default.times) != (name, options, times):
+            starts.append(default)
         bar.total = iterations * len(starts)
-        for start_name, start_options, start_times, start_label in starts:
-            refined = _refine(
-                model, teacher, start_name, start_options, nfe, start_times, method, iterations, bar
-            )
+        for start in starts:
+            refined = _refine(model, teacher, start, nfe, method, iterations, bar)
             if refined[0] < loss:  # otherwise the searched sampler stands
                 loss, times, corrections, call_times = refined
-                name, options, grid_label = start_name, start_options, start_label
+                name, options, grid_label, gaussian = (
+                    start.solver,
+                    start.options,
+                    start.grid,
+                    start.gaussian,
+                )
     bar.close()
     # pin the defaults that decide the program, so a saved config outlives a default's change
     resolved = get_solver(name, **options).options()
@@ -194,11 +205,13 @@ def tune(
         prediction=model.prediction,
         corrections=corrections,
         call_times=call_times,
+        gaussian=None if gaussian is None else gaussian.record(),
         meta={
             "method": method,
             "grid": grid_label,
+            "first_step": "model" if gaussian is None else "analytic",
             "calibration_samples": int(calibration.shape[0]),
-            "calibration_rmse_start": start_loss,
+            "calibration_rmse_start": plain.loss,
             "calibration_rmse": loss,
             "teacher_calls": 0 if cached else teacher.calls,
             "tuning_calls": model.nfe - calls_before,
@@ -207,8 +220,59 @@ def tune(
     )
 
 
+class Candidate(NamedTuple):
+    """A sampler the search considers, with its calibration loss."""
+
+    loss: float
+    solver: str
+    options: dict
+    times: list[float]
+    grid: str  # "default" or "dp"
+    gaussian: GaussianData | None  # the analytic first step, if any
+
+
+def _score_candidates(
+    model: Model,
+    teacher: Teacher,
+    nfe: int,
+    method: str,
+    solver: str | None,
+    gaussian: GaussianData | None,
+) -> list[Candidate]:
+    """The candidate solvers on the default and the dynamic-programming grids, scored; the
+    first is the plain default (``solver="auto"`` on its grid)."""
+    schedule = model.schedule
+    evaluations = nfe + (gaussian is not None)
+    auto_name, auto_options, auto_spacing = defaults.auto(schedule, evaluations)
+    candidates = [(auto_name, dict(auto_options))]
+    if solver is not None:
+        candidates = [(solver, {})]
+    else:
+        candidates += [c for c in CANDIDATES if c != (auto_name, auto_options)]
+    n_points = get_solver(candidates[0][0], **candidates[0][1]).grid_size(evaluations, False)
+    grids = {"default": auto_spacing.times(schedule, n_points).tolist()}
+    if method in ("grid", "orders", "full"):
+        cost, end = step_costs(model, teacher)
+        grids["dp"] = dp_grid(cost, end, n_points, teacher.times)
+    scored = []
+    for name, options in candidates[: 1 if method in ("grid", "coefficients") else None]:
+        for label, times in grids.items():
+            if get_solver(name, **options).grid_size(evaluations, False) != len(times):
+                continue
+            loss = calibration_loss(model, teacher, name, options, nfe, times, gaussian)
+            scored.append(Candidate(loss, name, options, times, label, gaussian))
+    return scored
+
+
 def _search_orders(
-    model: Model, teacher: Teacher, name: str, options: dict, nfe: int, times, loss: float
+    model: Model,
+    teacher: Teacher,
+    name: str,
+    options: dict,
+    nfe: int,
+    times,
+    loss: float,
+    gaussian: GaussianData | None,
 ) -> tuple[dict, float]:
     """Each step's order, greedily (two sweeps), for a solver that takes per-step orders."""
     if "orders" not in get_solver(name, **options).options():
@@ -223,7 +287,7 @@ def _search_orders(
                     continue
                 trial = [*orders[:i], k, *orders[i + 1 :]]
                 value = calibration_loss(
-                    model, teacher, name, {**options, "orders": trial}, nfe, times
+                    model, teacher, name, {**options, "orders": trial}, nfe, times, gaussian
                 )
                 if value < loss:
                     loss, orders, improved = value, trial, True
@@ -235,10 +299,8 @@ def _search_orders(
 def _refine(
     model: Model,
     teacher: Teacher,
-    name: str,
-    options: dict,
+    start: Candidate,
     nfe: int,
-    times,
     method: str,
     iterations: int,
     bar,
@@ -246,17 +308,26 @@ def _refine(
     """(calibration loss, times, corrections, call times) after gradient refinement."""
     new_times, corrections, calls, _, _ = refine(
         model,
-        get_solver(name, **options),
+        get_solver(start.solver, **start.options),
         nfe,
-        times,
+        start.times,
         teacher,
         iterations=iterations,
         learn_times=method != "coefficients",
         learn_coefficients=method != "grid",
         learn_call_times=method == "full",
+        gaussian=start.gaussian,
         progress=bar,
     )
     candidate = SamplerConfig(
-        name, options, new_times, nfe, model.schedule.config(), model.prediction, corrections, calls
+        start.solver,
+        start.options,
+        new_times,
+        nfe,
+        model.schedule.config(),
+        model.prediction,
+        corrections,
+        calls,
+        None if start.gaussian is None else start.gaussian.record(),
     )
     return config_loss(model, teacher, candidate), new_times, corrections, calls
