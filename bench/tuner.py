@@ -428,7 +428,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--nfes", type=int, nargs="+", default=[5, 6, 8, 10])
-    # the mean error is dominated by rare samples that cross to another mode (0.06-2.3% of
+    # the mean error is dominated by rare samples that cross to another mode (up to 2.3% of
     # them): fewer held-out noises leave each mean to a handful of such events
     parser.add_argument("--samples", type=int, default=8192)
     parser.add_argument("--calibration", type=int, default=512)

@@ -157,18 +157,10 @@ def tune(
         scored += _score_candidates(model, teacher, nfe, method, solver, gaussian)
     plain = scored[0]  # the plain default: the starting point
     best = min(scored, key=lambda c: c.loss)
-    loss, name, options, times, gaussian = (
-        best.loss,
-        best.solver,
-        best.options,
-        best.times,
-        best.gaussian,
-    )
-    grid_label = best.grid
 
     # 2. per-step orders, greedily
     if method in ("orders", "full"):
-        options, loss = _search_orders(model, teacher, name, options, nfe, times, loss, gaussian)
+        best = _search_orders(model, teacher, best, nfe)
 
     # 3. times and coefficients through the sampler, from the searched sampler and from the
     # plain default of its first step: the mean error is carried by the few samples a
@@ -176,30 +168,33 @@ def tune(
     # them can trap the descent
     corrections, call_times = [], None
     if method in ("grid", "coefficients", "full"):
-        starts = [Candidate(loss, name, options, times, grid_label, gaussian)]
-        default = next(c for c in scored if c.gaussian is gaussian)
-        if (default.solver, default.options, default.times) != (name, options, times):
+        starts = [best]
+        default = next(c for c in scored if c.gaussian is best.gaussian)
+        if (default.solver, default.options, default.times) != (
+            best.solver,
+            best.options,
+            best.times,
+        ):
             starts.append(default)
         bar.total = iterations * len(starts)
         for start in starts:
-            refined = _refine(model, teacher, start, nfe, method, iterations, bar)
-            if refined[0] < loss:  # otherwise the searched sampler stands
-                loss, times, corrections, call_times = refined
-                name, options, grid_label, gaussian = (
-                    start.solver,
-                    start.options,
-                    start.grid,
-                    start.gaussian,
-                )
+            loss, times, start_corrections, start_calls = _refine(
+                model, teacher, start, nfe, method, iterations, bar
+            )
+            if loss < best.loss:  # otherwise the searched sampler stands
+                best = start._replace(loss=loss, times=times)
+                corrections, call_times = start_corrections, start_calls
     bar.close()
     # pin the defaults that decide the program, so a saved config outlives a default's change
-    resolved = get_solver(name, **options).options()
+    options = best.options
+    resolved = get_solver(best.solver, **options).options()
     if "max_step_ratio" in resolved:
         options = {"max_step_ratio": resolved["max_step_ratio"], **options}
+    gaussian = best.gaussian
     return SamplerConfig(
-        solver=name,
+        solver=best.solver,
         options={k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()},
-        times=[float(t) for t in times],
+        times=[float(t) for t in best.times],
         nfe=nfe,
         schedule=schedule.config(),
         prediction=model.prediction,
@@ -208,11 +203,11 @@ def tune(
         gaussian=None if gaussian is None else gaussian.record(),
         meta={
             "method": method,
-            "grid": grid_label,
+            "grid": best.grid,
             "first_step": "model" if gaussian is None else "analytic",
             "calibration_samples": int(calibration.shape[0]),
             "calibration_rmse_start": plain.loss,
-            "calibration_rmse": loss,
+            "calibration_rmse": best.loss,
             "teacher_calls": 0 if cached else teacher.calls,
             "tuning_calls": model.nfe - calls_before,
             "seconds": time.perf_counter() - start_time,
@@ -264,36 +259,28 @@ def _score_candidates(
     return scored
 
 
-def _search_orders(
-    model: Model,
-    teacher: Teacher,
-    name: str,
-    options: dict,
-    nfe: int,
-    times,
-    loss: float,
-    gaussian: GaussianData | None,
-) -> tuple[dict, float]:
+def _search_orders(model: Model, teacher: Teacher, best: Candidate, nfe: int) -> Candidate:
     """Each step's order, greedily (two sweeps), for a solver that takes per-step orders."""
-    if "orders" not in get_solver(name, **options).options():
-        return options, loss
-    order = get_solver(name, **options).order
-    orders = [order] * (len(times) - 1)
+    solver = get_solver(best.solver, **best.options)
+    if "orders" not in solver.options():
+        return best
+    orders = [solver.order] * (len(best.times) - 1)
     for _ in range(2):
         improved = False
         for i in range(len(orders)):
-            for k in range(1, order + 1):
+            for k in range(1, solver.order + 1):
                 if k == orders[i]:
                     continue
                 trial = [*orders[:i], k, *orders[i + 1 :]]
+                options = {**best.options, "orders": trial}
                 value = calibration_loss(
-                    model, teacher, name, {**options, "orders": trial}, nfe, times, gaussian
+                    model, teacher, best.solver, options, nfe, best.times, best.gaussian
                 )
-                if value < loss:
-                    loss, orders, improved = value, trial, True
+                if value < best.loss:
+                    best, orders, improved = best._replace(loss=value, options=options), trial, True
         if not improved:
             break
-    return {**options, "orders": orders}, loss
+    return best._replace(options={**best.options, "orders": orders})
 
 
 def _refine(
