@@ -229,7 +229,11 @@ class ProgramBuilder:
         return self._n_registers - 1
 
     def evaluate(self, state: int, point: Point, step: int) -> int:
-        self._instructions.append(Evaluate(state, point, step))
+        return self._add_evaluation(Evaluate(state, point, step))
+
+    def _add_evaluation(self, ins: Evaluate | Estimate) -> int:
+        """Append an evaluation; returns its index among the program's evaluations."""
+        self._instructions.append(ins)
         self._n_evaluations += 1
         return self._n_evaluations - 1
 
@@ -267,9 +271,7 @@ class ProgramBuilder:
                 if evaluations == program.output and not keep_output:
                     evaluations += 1
                     continue
-                self._instructions.append(replace(ins, state=reg(ins.state)))
-                sources[evaluations] = self._n_evaluations
-                self._n_evaluations += 1
+                sources[evaluations] = self._add_evaluation(replace(ins, state=reg(ins.state)))
                 evaluations += 1
                 continue
             for index, _ in ins.draws:

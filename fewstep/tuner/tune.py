@@ -26,12 +26,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import defaults
-from ..analytic import GaussianData, analytic_start
+from ..analytic import GaussianData
 from ..errors import ArgumentError
 from ..model import Model
-from ..sampling import plan, run
+from ..sampling import run
 from ..solvers import get_solver
-from ..spacing import Times
 from .config import SamplerConfig
 from .gradient import refine, sample_rmse
 from .grid import dp_grid, step_costs
@@ -76,14 +75,34 @@ def calibration_loss(
     """Mean per-sample RMSE of the plain solver on these times against the teacher's target
     (with ``gaussian``, its first evaluation is the analytic first step)."""
     try:
-        _, _, program = plan(
-            model, solver, nfe + (gaussian is not None), Times(tuple(times)), **options
-        )
+        program = _config(model, solver, options, nfe, times, gaussian).program(model)
     except ArgumentError:
         return float("inf")
-    if gaussian is not None:
-        program = analytic_start(program, gaussian)
     return program_loss(model, teacher, program)
+
+
+def _config(
+    model: Model,
+    solver: str,
+    options: dict,
+    nfe: int,
+    times,
+    gaussian: GaussianData | None,
+    corrections: list | None = None,
+    call_times: list[float] | None = None,
+) -> SamplerConfig:
+    """The configuration of a candidate sampler (no metadata)."""
+    return SamplerConfig(
+        solver,
+        options,
+        list(times),
+        nfe,
+        model.schedule.config(),
+        model.prediction,
+        corrections or [],
+        call_times,
+        None if gaussian is None else gaussian.record(),
+    )
 
 
 def config_loss(model: Model, teacher: Teacher, config: SamplerConfig) -> float:
@@ -152,9 +171,10 @@ def tune(
     first_steps = [None]
     if analytic and method == "full":
         first_steps.append(GaussianData.fit(teacher.target))
+    costs = step_costs(model, teacher) if method in ("grid", "orders", "full") else None
     scored = []
     for gaussian in first_steps:
-        scored += _score_candidates(model, teacher, nfe, method, solver, gaussian)
+        scored += _score_candidates(model, teacher, nfe, method, solver, gaussian, costs)
     plain = scored[0]  # the plain default: the starting point
     best = min(scored, key=lambda c: c.loss)
 
@@ -233,9 +253,11 @@ def _score_candidates(
     method: str,
     solver: str | None,
     gaussian: GaussianData | None,
+    costs: tuple[Tensor, Tensor] | None,
 ) -> list[Candidate]:
-    """The candidate solvers on the default and the dynamic-programming grids, scored; the
-    first is the plain default (``solver="auto"`` on its grid)."""
+    """The candidate solvers on the default grid and, given the teacher's step ``costs``,
+    the dynamic-programming grid, scored; the first is the plain default (``solver="auto"``
+    on its grid)."""
     schedule = model.schedule
     evaluations = nfe + (gaussian is not None)
     auto_name, auto_options, auto_spacing = defaults.auto(schedule, evaluations)
@@ -246,9 +268,8 @@ def _score_candidates(
         candidates += [c for c in CANDIDATES if c != (auto_name, auto_options)]
     n_points = get_solver(candidates[0][0], **candidates[0][1]).grid_size(evaluations, False)
     grids = {"default": auto_spacing.times(schedule, n_points).tolist()}
-    if method in ("grid", "orders", "full"):
-        cost, end = step_costs(model, teacher)
-        grids["dp"] = dp_grid(cost, end, n_points, teacher.times)
+    if costs is not None:
+        grids["dp"] = dp_grid(*costs, n_points, teacher.times)
     scored = []
     for name, options in candidates[: 1 if method in ("grid", "coefficients") else None]:
         for label, times in grids.items():
@@ -306,15 +327,7 @@ def _refine(
         gaussian=start.gaussian,
         progress=bar,
     )
-    candidate = SamplerConfig(
-        start.solver,
-        start.options,
-        new_times,
-        nfe,
-        model.schedule.config(),
-        model.prediction,
-        corrections,
-        calls,
-        None if start.gaussian is None else start.gaussian.record(),
+    candidate = _config(
+        model, start.solver, start.options, nfe, new_times, start.gaussian, corrections, calls
     )
     return config_loss(model, teacher, candidate), new_times, corrections, calls
