@@ -7,13 +7,16 @@ v, x_t = alpha x0 + sigma eps gives, element by element,
 
     eps = sigma (x_t - alpha m) / (alpha^2 v + sigma^2),    D = m + alpha v eps / sigma,
 
-so the first evaluation costs no model call and the budget goes to later steps.
+so the first evaluation costs no model call and the budget goes to later steps. For a
+class-conditional model the mean is the class's (the variance then pooled within classes):
+the condition's integer labels pick it per sample.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -26,21 +29,59 @@ from .program import Estimate, Evaluate, Program
 
 @dataclass(frozen=True, eq=False)
 class GaussianData:
-    """Per-element mean and variance of the data (the shape of one sample)."""
+    """Per-element mean and variance of the data (the shape of one sample), and optionally
+    the mean of each class, picked by the integer labels under ``label_key`` in the
+    condition (a label without one falls back to ``mean``)."""
 
     mean: Tensor
     var: Tensor
+    label_key: str | None = None
+    class_means: dict[int, Tensor] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, samples: Tensor) -> GaussianData:
-        """The mean and variance of ``samples`` (batch, ...), e.g. a teacher's end points."""
+    def fit(
+        cls, samples: Tensor, labels: Tensor | None = None, label_key: str | None = None
+    ) -> GaussianData:
+        """The mean and variance of ``samples`` (batch, ...), e.g. a teacher's end points;
+        given their class ``labels`` (and the condition's ``label_key``), class means for the
+        classes with two or more samples, and the variance about them."""
         if samples.ndim < 2 or samples.shape[0] < 2:
             raise ArgumentError("samples", "fitting a Gaussian needs a batch of 2 or more samples")
         x = samples.detach().to(torch.float64).cpu()
-        return cls(x.mean(0), x.var(0))
+        if labels is None:
+            return cls(x.mean(0), x.var(0))
+        if label_key is None or labels.shape != (x.shape[0],) or labels.is_floating_point():
+            raise ArgumentError(
+                "labels", "give one integer label per sample, and the condition key they are under"
+            )
+        labels = labels.detach().cpu()
+        means = {
+            int(c): x[labels == c].mean(0) for c in labels.unique() if int((labels == c).sum()) >= 2
+        }
+        centre = torch.stack([means.get(int(c), x.mean(0)) for c in labels])
+        # one degree of freedom per mean estimated: each class's, and the overall one where
+        # a sample's class has none
+        fitted = len(means) + any(int(c) not in means for c in labels)
+        dof = max(x.shape[0] - fitted, 1)
+        return cls(x.mean(0), (x - centre).pow(2).sum(0) / dof, label_key, means)
 
-    def predict(self, x: Tensor, point: Point) -> Prediction:
-        """(D, eps) of the Gaussian at ``point`` for states ``x`` (batch, ...)."""
+    def means(self, x: Tensor, cond: Mapping[str, Any] | None) -> Tensor:
+        """The mean each sample of ``x`` is drawn towards: its class's, or the overall one."""
+        mean = self.mean.to(x)
+        if self.label_key is None:
+            return mean
+        labels = None if cond is None else cond.get(self.label_key)
+        if not isinstance(labels, Tensor) or labels.shape != (x.shape[0],):
+            raise ArgumentError(
+                "cond",
+                f"the analytic first step was fitted per class: it needs the labels under "
+                f"{self.label_key!r}, one per sample",
+            )
+        return torch.stack([self.class_means.get(int(c), self.mean).to(x) for c in labels])
+
+    def predict(self, x: Tensor, point: Point, cond: Mapping[str, Any] | None = None) -> Prediction:
+        """(D, eps) of the Gaussian at ``point`` for states ``x`` (batch, ...) under the
+        condition ``cond``."""
         if tuple(x.shape[1:]) != tuple(self.mean.shape):
             raise ArgumentError(
                 "config",
@@ -49,7 +90,7 @@ class GaussianData:
                 "tune it for this model's sample shape",
             )
         a, s = point.alpha, point.sigma
-        mean = self.mean.to(x)
+        mean = self.means(x, cond)
         var = self.var.to(x)
         noise = s * (x - a * mean) / (a * a * var + s * s)
         data = mean + (a / s) * var * noise
@@ -57,22 +98,40 @@ class GaussianData:
 
     def record(self) -> dict[str, Any]:
         """The JSON-ready form (a field of a sampler config)."""
-        return {
+        out = {
             "shape": list(self.mean.shape),
             "mean": self.mean.flatten().tolist(),
             "var": self.var.flatten().tolist(),
         }
+        if self.label_key is not None:
+            out["label_key"] = self.label_key
+            out["class_means"] = {str(c): m.flatten().tolist() for c, m in self.class_means.items()}
+        return out
 
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> GaussianData:
         shape = tuple(int(n) for n in data["shape"])
         mean = torch.tensor(data["mean"], dtype=torch.float64)
         var = torch.tensor(data["var"], dtype=torch.float64)
-        if mean.numel() != math.prod(shape) or var.shape != mean.shape or (var < 0).any():
+        means = {
+            int(c): torch.tensor(m, dtype=torch.float64)
+            for c, m in data.get("class_means", {}).items()
+        }
+        if (
+            mean.numel() != math.prod(shape)
+            or var.shape != mean.shape
+            or (var < 0).any()
+            or any(m.shape != mean.shape for m in means.values())
+        ):
             raise ArgumentError(
                 "config", "its Gaussian needs a mean and a non-negative variance of its shape"
             )
-        return cls(mean.view(shape), var.view(shape))
+        return cls(
+            mean.view(shape),
+            var.view(shape),
+            data.get("label_key"),
+            {c: m.view(shape) for c, m in means.items()},
+        )
 
 
 def analytic_start(program: Program, gaussian: GaussianData) -> Program:

@@ -15,8 +15,9 @@ a tuner can rewrite the coefficients of a compiled program directly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from torch import Tensor
 
@@ -56,12 +57,13 @@ class Evaluate:
 
 @dataclass(frozen=True)
 class Estimate:
-    """An evaluation made without the model: ``by(state, point)`` approximates (D, eps),
-    as the analytic first step does; it counts as an evaluation, not as a model call."""
+    """An evaluation made without the model: ``by(state, point, cond)`` approximates
+    (D, eps), as the analytic first step does; it counts as an evaluation, not as a model
+    call."""
 
     state: int
     point: Point
-    by: Callable[[Tensor, Point], Prediction]
+    by: Callable[[Tensor, Point, Mapping[str, Any] | None], Prediction]
 
 
 @dataclass(frozen=True)
@@ -111,10 +113,12 @@ class Program:
         x: Tensor,
         on_land: Callable[[int, Tensor], None] | None = None,
         noise: Callable[[Draw, Tensor], Tensor] | None = None,
+        cond: Mapping[str, Any] | None = None,
     ) -> Tensor:
         """Execute on start state ``x``; ``evaluate`` calls the model for one instruction,
-        ``noise(draw, like)`` supplies the standard-normal draws of stochastic programs."""
-        execution = Execution(self, x, noise, on_land)
+        ``noise(draw, like)`` supplies the standard-normal draws of stochastic programs,
+        ``cond`` is the condition estimates see."""
+        execution = Execution(self, x, noise, on_land, cond)
         while (ins := execution.advance()) is not None:
             execution.give(evaluate(execution.state(ins), ins))
         return execution.output
@@ -132,10 +136,11 @@ class Execution:
         x: Tensor,
         noise: Callable[[Draw, Tensor], Tensor] | None = None,
         on_land: Callable[[int, Tensor], None] | None = None,
+        cond: Mapping[str, Any] | None = None,
     ):
         if program.draws and noise is None:
             raise ValueError("this program draws noise: pass a noise source")
-        self.program, self.noise, self.on_land = program, noise, on_land
+        self.program, self.noise, self.on_land, self.cond = program, noise, on_land, cond
         self.registers: list[Tensor | None] = [None] * program.n_registers
         self.registers[0] = x
         self.results: list[Prediction | None] = []
@@ -155,7 +160,7 @@ class Execution:
             if isinstance(ins, Evaluate):
                 return ins
             if isinstance(ins, Estimate):
-                self.results.append(ins.by(self.registers[ins.state], ins.point))
+                self.results.append(ins.by(self.registers[ins.state], ins.point, self.cond))
                 self._release()
                 continue
             out = combine(self.registers[ins.base], ins.scale, ins.terms, self.results)

@@ -187,7 +187,7 @@ def run(
     with tqdm(total=program.nfe, disable=not progress, desc="sampling", leave=False) as bar:
         evaluate = _evaluator(model, guard, bar, cond, uncond)
         out = program.run(
-            lambda state, ins: evaluate(state, ins.point, ins.step), x, on_land, noise
+            lambda state, ins: evaluate(state, ins.point, ins.step), x, on_land, noise, cond
         )
     guard.finish()
     if guard.calls != program.nfe:

@@ -1,6 +1,7 @@
 """The tuner: it improves the calibration loss, its configurations round-trip and keep the
 sampler's invariants, and every consumer (sample, diffusers) runs them alike."""
 
+import sys
 from dataclasses import replace
 
 import pytest
@@ -17,7 +18,7 @@ from fewstep.solvers import get_solver
 from fewstep.spacing import Times
 from fewstep.tuner import SamplerConfig, Teacher, calibration_loss
 from fewstep.tuner.gradient import refine
-from fewstep.tuner.tune import _TEACHERS, teacher_for
+from fewstep.tuner.tune import _TEACHERS, _fit_gaussian, teacher_for
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +144,35 @@ def test_analytic_first_step_is_the_exact_gaussian_posterior():
         fitted.predict(torch.zeros(2, 4, dtype=torch.float64), Point(0.0, 0.1, 1.0, 0, 0, 0))
 
 
+def test_class_conditional_gaussian_picks_each_samples_class():
+    """Fitted with labels, the Gaussian's mean is the class's (the variance about the class
+    means); a label it never saw falls back to the overall mean; it needs the labels."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[2.0, 0.0], [-2.0, 1.0]], dtype=torch.float64)
+    labels = torch.arange(4000) % 2
+    x = centres[labels] + 0.5 * torch.randn(4000, 2, generator=g, dtype=torch.float64)
+    fitted = GaussianData.fit(x, labels, "y")
+    torch.testing.assert_close(fitted.class_means[1], centres[1], atol=0.05, rtol=0)
+    torch.testing.assert_close(
+        fitted.var, torch.full((2,), 0.25, dtype=torch.float64), atol=0.02, rtol=0
+    )
+    point = Point(0.0, 0.6, 0.8, 0.0, 0.0, 0.0)
+    state = torch.zeros(3, 2, dtype=torch.float64)
+    pred = fitted.predict(state, point, {"y": torch.tensor([0, 1, 7])})
+    # at x = 0 the posterior mean is the class mean shrunk by sigma^2 / (alpha^2 v + sigma^2)
+    means = torch.stack([fitted.class_means[0], fitted.class_means[1], fitted.mean])
+    expected = means * 0.64 / (0.36 * fitted.var + 0.64)
+    torch.testing.assert_close(pred.data, expected)
+    again = GaussianData.from_record(fitted.record())
+    torch.testing.assert_close(
+        again.predict(state, point, {"y": torch.tensor([0, 1, 7])}).data, expected
+    )
+    with pytest.raises(fewstep.ArgumentError, match="cond"):
+        fitted.predict(state, point)
+    with pytest.raises(fewstep.ArgumentError, match="labels"):
+        GaussianData.fit(x, labels.double(), "y")
+
+
 def test_analytic_config_makes_nfe_calls_and_round_trips(setup, tmp_path):
     """A configuration with the analytic first step runs the solver's n + 1 evaluations with
     n model calls, the first evaluation from the Gaussian, and survives its JSON file."""
@@ -237,7 +267,7 @@ def test_guided_conditional_model_tunes():
 
     model = load("digits-unet", guidance_scale=2.0)
     noise = fewstep.randn((8, *model.image_shape), seed=5)
-    cond, uncond = class_inputs(model, torch.arange(8) % 10)
+    cond, uncond = class_inputs(model, torch.arange(8) % 4)
     teacher = Teacher.solve(model, noise, points=12, refine=1, cond=cond, uncond=uncond)
     config = fewstep.tune(
         model, 3, calibration=noise, teacher=teacher, iterations=4, progress=False
@@ -245,6 +275,45 @@ def test_guided_conditional_model_tunes():
     assert config.meta["calibration_rmse"] <= config.meta["calibration_rmse_start"]
     out = fewstep.sample(model, noise, config=config, cond=cond, uncond=uncond)
     assert out.shape == noise.shape and bool(torch.isfinite(out).all())
+    # the analytic first step is fitted per class, and a sample's result is its own
+    gaussian = _fit_gaussian(teacher)
+    assert gaussian.label_key == "y" and sorted(gaussian.class_means) == [0, 1, 2, 3]
+    config = replace(
+        config,
+        gaussian=gaussian.record(),
+        times=torch.linspace(999.0, 20.0, 4).tolist(),
+        options={},
+        corrections=[],
+        call_times=None,
+    )
+    whole = fewstep.sample(model, noise, config=config, cond=cond, uncond=uncond)
+    part_cond, part_uncond = class_inputs(model, cond["y"][5:])
+    part = fewstep.sample(model, noise[5:], config=config, cond=part_cond, uncond=part_uncond)
+    torch.testing.assert_close(part, whole[5:], rtol=1e-4, atol=1e-5)  # float32 network
+
+
+def test_each_competitive_first_step_is_refined(setup, monkeypatch):
+    """Stages 2 and 3 run for the first steps whose stage-1 best is within the margin of the
+    leader: all of them with an infinite margin, the leader's alone with none."""
+    _, model, calibration, target, _ = setup
+    tune_module = sys.modules["fewstep.tuner.tune"]
+    refined = []
+    real = tune_module._refine
+
+    def spy(model, teacher, start, *args):
+        refined.append(start.gaussian is not None)
+        return real(model, teacher, start, *args)
+
+    monkeypatch.setattr(tune_module, "_refine", spy)
+    for margin, expected in [(float("inf"), {False, True}), (1.0, None)]:
+        monkeypatch.setattr(tune_module, "FAMILY_MARGIN", margin)
+        refined.clear()
+        config = fewstep.tune(
+            model, 4, calibration=calibration, target=target, iterations=2, progress=False
+        )
+        assert set(refined) == (expected or {config.gaussian is not None} | set(refined))
+        if expected is None:
+            assert len(set(refined)) == 1
 
 
 def test_tune_command_writes_a_config_that_sample_accepts(tmp_path, capsys):

@@ -5,12 +5,17 @@ grid is the first candidate, so tuning never makes the calibration loss worse):
 
 1. grid: the default grid of ``solver="auto"``, and a grid chosen by dynamic programming
    on the teacher trajectory (GITS / optimal stepsize distillation), each with a model call
-   first and with the analytic first step (a Gaussian fitted to the teacher's end points
-   in place of the first call: one more evaluation for the same budget);
+   first and with the analytic first step (a Gaussian fitted to the teacher's end points,
+   per class for a class-conditional model, in place of the first call: one more
+   evaluation for the same budget);
 2. solver and per-step orders: a few solvers, then each step's order, greedily (as S^3 does);
 3. gradient: times and per-step coefficient corrections through the sampler (bespoke
    solvers, learnable sampler distillation, DC-Solver's compensation), started from the
    searched sampler and from the plain default of its first step.
+
+Stages 2 and 3 run for each first step whose best stage-1 candidate is within
+``FAMILY_MARGIN`` of the best: on a network the analytic step can lose unrefined and win
+once refined.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ from .teacher import Teacher
 METHODS = ("grid", "orders", "coefficients", "full")
 #: solvers the order search starts from (those that take per-step ``orders``)
 CANDIDATES = [("unipc", {"order": 3}), ("unipc", {"order": 2}), ("dpmpp_3m", {}), ("dpmpp_2m", {})]
+#: a first step (model call or analytic) is searched and refined when its best candidate's
+#: calibration loss is within this factor of the best of all candidates
+FAMILY_MARGIN = 1.3
 
 _TEACHERS: dict[tuple, Teacher] = {}
 
@@ -148,8 +156,9 @@ def tune(
         iterations: gradient steps.
         analytic: with method "full", also try the analytic first step (a Gaussian fitted
             to the teacher's end points stands in for the first model call, so the solver
-            gets one more evaluation); False for samplers a diffusers pipeline runs, which
-            calls the model on its initial latents first.
+            gets one more evaluation; its mean is per class when ``cond`` holds one integer
+            label per sample); False for samplers a diffusers pipeline runs, which calls
+            the model on its initial latents first.
     """
     if method not in METHODS:
         raise ArgumentError("method", f"unknown {method!r}", f"one of {METHODS}")
@@ -164,46 +173,30 @@ def tune(
     if target is not None:
         teacher = replace(teacher, target=target)
     schedule = model.schedule
-    bar = tqdm(total=iterations, desc=f"tuning nfe={nfe}", disable=not progress, leave=False)
+    bar = tqdm(total=0, desc=f"tuning nfe={nfe}", disable=not progress, leave=False)
 
     # 1. candidate samplers: solvers on the calibrated default grid and on the teacher's
     # dynamic programme, each with a model call first and with the analytic first step
     first_steps = [None]
     if analytic and method == "full":
-        first_steps.append(GaussianData.fit(teacher.target))
+        first_steps.append(_fit_gaussian(teacher))
     costs = step_costs(model, teacher) if method in ("grid", "orders", "full") else None
-    scored = []
-    for gaussian in first_steps:
-        scored += _score_candidates(model, teacher, nfe, method, solver, gaussian, costs)
-    plain = scored[0]  # the plain default: the starting point
-    best = min(scored, key=lambda c: c.loss)
-
-    # 2. per-step orders, greedily
-    if method in ("orders", "full"):
-        best = _search_orders(model, teacher, best, nfe)
-
-    # 3. times and coefficients through the sampler, from the searched sampler and from the
-    # plain default of its first step: the mean error is carried by the few samples a
-    # sampler sends to another mode, and a start that trades typical accuracy for fewer of
-    # them can trap the descent
-    corrections, call_times = [], None
-    if method in ("grid", "coefficients", "full"):
-        starts = [best]
-        default = next(c for c in scored if c.gaussian is best.gaussian)
-        if (default.solver, default.options, default.times) != (
-            best.solver,
-            best.options,
-            best.times,
-        ):
-            starts.append(default)
-        bar.total = iterations * len(starts)
-        for start in starts:
-            loss, times, start_corrections, start_calls = _refine(
-                model, teacher, start, nfe, method, iterations, bar
-            )
-            if loss < best.loss:  # otherwise the searched sampler stands
-                best = start._replace(loss=loss, times=times)
-                corrections, call_times = start_corrections, start_calls
+    families = [
+        _score_candidates(model, teacher, nfe, method, solver, gaussian, costs)
+        for gaussian in first_steps
+    ]
+    plain = families[0][0]  # the plain default: the starting point
+    leader = min(c.loss for family in families for c in family)
+    best, corrections, call_times = plain, [], None
+    # 2 and 3 for each first step whose best candidate is close to the leader: refinement
+    # can reorder them (on a network the analytic step may only win once refined)
+    for family in families:
+        searched = min(family, key=lambda c: c.loss)
+        if searched.loss > FAMILY_MARGIN * leader:
+            continue
+        found = _search(model, teacher, nfe, method, iterations, searched, family[0], bar)
+        if found[0].loss < best.loss:
+            best, corrections, call_times = found
     bar.close()
     # pin the defaults that decide the program, so a saved config outlives a default's change
     options = best.options
@@ -244,6 +237,54 @@ class Candidate(NamedTuple):
     times: list[float]
     grid: str  # "default" or "dp"
     gaussian: GaussianData | None  # the analytic first step, if any
+
+
+def _fit_gaussian(teacher: Teacher) -> GaussianData:
+    """The analytic first step's Gaussian, fitted to the teacher's end points: per class
+    when the condition holds one integer label per sample (a class-conditional model)."""
+    batch = teacher.target.shape[0]
+    labelled = [
+        key
+        for key, v in (teacher.cond or {}).items()
+        if isinstance(v, Tensor) and v.shape == (batch,) and not v.is_floating_point()
+    ]
+    if len(labelled) != 1:
+        return GaussianData.fit(teacher.target)
+    return GaussianData.fit(teacher.target, teacher.cond[labelled[0]], labelled[0])
+
+
+def _search(
+    model: Model,
+    teacher: Teacher,
+    nfe: int,
+    method: str,
+    iterations: int,
+    searched: Candidate,
+    default: Candidate,
+    bar,
+) -> tuple[Candidate, list, list[float] | None]:
+    """Stages 2 and 3 from one first step's best candidate: per-step orders, then times and
+    coefficients through the sampler from the searched sampler and from the plain default
+    of that first step (the mean error is carried by the few samples a sampler sends to
+    another mode, and a start that trades typical accuracy for fewer of them can trap the
+    descent). Returns (best candidate, corrections, call times)."""
+    best, corrections, call_times = searched, [], None
+    if method in ("orders", "full"):
+        best = _search_orders(model, teacher, best, nfe)
+    if method not in ("grid", "coefficients", "full"):
+        return best, corrections, call_times
+    starts = [best]
+    if (default.solver, default.options, default.times) != (best.solver, best.options, best.times):
+        starts.append(default)
+    bar.total += iterations * len(starts)
+    for start in starts:
+        loss, times, start_corrections, start_calls = _refine(
+            model, teacher, start, nfe, method, iterations, bar
+        )
+        if loss < best.loss:  # otherwise the searched sampler stands
+            best = start._replace(loss=loss, times=times)
+            corrections, call_times = start_corrections, start_calls
+    return best, corrections, call_times
 
 
 def _score_candidates(
