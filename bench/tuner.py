@@ -181,26 +181,31 @@ def digits_rows(args):
     labels = torch.arange(10).repeat_interleave(per_class)
     cal_labels = torch.arange(args.digits_calibration) % 10
 
-    def scored(x, reference):
+    def scored(x, scale):
         # the distance to the teacher's own samples from the same noises: a sampler's error
         # at the level of the distribution, where FID against data mixes in the model's
-        fd = frechet_distance(metrics.features(x), metrics.features(reference))
-        return dict(fid=metrics.fid(x), rmse=_held_out(x, reference), fd_teacher=fd)
+        features = metrics.features(x)
+        return dict(
+            fid=frechet_distance(features, metrics.reference),
+            rmse=_held_out(x, references[scale]),
+            fd_teacher=frechet_distance(features, reference_features[scale]),
+        )
 
     results = {"untuned": [], "tuned": [], "transfer": [], "teacher": {}, "configs": {}}
     results["floor"] = metrics.floor(labels)
-    references = {}
+    references, reference_features = {}, {}
     for scale in args.guidance:
         model = load("digits-unet", guidance_scale=scale)
         noise = fewstep.randn((len(labels), *model.image_shape), seed=1000)
         cond, uncond = class_inputs(model, labels)
         references[scale] = reference = teacher(model, noise, cond=cond, uncond=uncond)
-        results["teacher"][scale] = metrics.fid(reference)
+        reference_features[scale] = metrics.features(reference)
+        results["teacher"][scale] = frechet_distance(reference_features[scale], metrics.reference)
         for solver in DIGITS_SOLVERS:
             for n in DIGITS_NFES:
                 x = fewstep.sample(model, noise, solver=solver, nfe=n, cond=cond, uncond=uncond)
                 results["untuned"].append(
-                    dict(guidance=scale, solver=solver, nfe=n, **scored(x, reference))
+                    dict(guidance=scale, solver=solver, nfe=n, **scored(x, scale))
                 )
         start = time.perf_counter()
         cal = fewstep.randn((args.digits_calibration, *model.image_shape), seed=2000)
@@ -210,7 +215,7 @@ def digits_rows(args):
             dict(
                 guidance=scale,
                 nfe=5,
-                **scored(x, reference),
+                **scored(x, scale),
                 accuracy=metrics.accuracy(x, labels),
                 first_step=config.meta["first_step"],
                 calibration_calls=calls,
@@ -227,7 +232,7 @@ def digits_rows(args):
                 noise = fewstep.randn((len(labels), *model.image_shape), seed=1000)
                 x = fewstep.sample(model, noise, config=config, cond=cond, uncond=uncond)
                 results["transfer"].append(
-                    dict(tuned_at=tuned_at, guidance=scale, **scored(x, references[scale]))
+                    dict(tuned_at=tuned_at, guidance=scale, **scored(x, scale))
                 )
     return results
 

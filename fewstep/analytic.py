@@ -55,14 +55,14 @@ class GaussianData:
                 "labels", "give one integer label per sample, and the condition key they are under"
             )
         labels = labels.detach().cpu()
+        classes, counts = labels.unique(return_counts=True)
         means = {
-            int(c): x[labels == c].mean(0) for c in labels.unique() if int((labels == c).sum()) >= 2
+            int(c): x[labels == c].mean(0) for c, n in zip(classes, counts, strict=True) if n >= 2
         }
-        centre = torch.stack([means.get(int(c), x.mean(0)) for c in labels])
+        centre, has_class = _class_rows(x.mean(0), means, labels)
         # one degree of freedom per mean estimated: each class's, and the overall one where
         # a sample's class has none
-        fitted = len(means) + any(int(c) not in means for c in labels)
-        dof = max(x.shape[0] - fitted, 1)
+        dof = max(x.shape[0] - len(means) - int(not bool(has_class.all())), 1)
         return cls(x.mean(0), (x - centre).pow(2).sum(0) / dof, label_key, means)
 
     def means(self, x: Tensor, cond: Mapping[str, Any] | None) -> Tensor:
@@ -77,7 +77,8 @@ class GaussianData:
                 f"the analytic first step was fitted per class: it needs the labels under "
                 f"{self.label_key!r}, one per sample",
             )
-        return torch.stack([self.class_means.get(int(c), self.mean).to(x) for c in labels])
+        rows, _ = _class_rows(self.mean, self.class_means, labels)
+        return rows.to(x)
 
     def predict(self, x: Tensor, point: Point, cond: Mapping[str, Any] | None = None) -> Prediction:
         """(D, eps) of the Gaussian at ``point`` for states ``x`` (batch, ...) under the
@@ -132,6 +133,20 @@ class GaussianData:
             data.get("label_key"),
             {c: m.view(shape) for c, m in means.items()},
         )
+
+
+def _class_rows(
+    mean: Tensor, class_means: dict[int, Tensor], labels: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(batch, ...) each label's class mean, ``mean`` where its class has none; and whether
+    it had one."""
+    classes = sorted(class_means)
+    labels = labels.cpu()
+    row = torch.zeros(len(labels), dtype=torch.long)  # 0: the overall mean
+    for k, c in enumerate(classes, 1):
+        row[labels == c] = k
+    table = torch.stack([mean, *(class_means[c] for c in classes)])
+    return table[row], row > 0
 
 
 def analytic_start(program: Program, gaussian: GaussianData) -> Program:
