@@ -192,8 +192,14 @@ def digits_rows(args):
             fd_teacher=frechet_distance(features, reference_features[scale]),
         )
 
-    results = {"untuned": [], "tuned": [], "transfer": [], "in_sample": [], "teacher": {}}
-    results["configs"] = {}
+    results = {
+        "untuned": [],
+        "tuned": [],
+        "transfer": [],
+        "in_sample": [],
+        "teacher": {},
+        "configs": {},
+    }
     results["floor"] = metrics.floor(labels)
     references, reference_features = {}, {}
     for scale in args.guidance:
