@@ -251,22 +251,13 @@ def digits_rows(args):
     return results
 
 
-def _round_robin(index, labels):
-    """``index`` reordered to take the classes in turn, as the calibration labels do: the
-    tuner holds out the last quarter of its noises, which in class order is the last classes
-    alone."""
-    lab = labels[index]
-    rank = torch.stack([(lab[:i] == lab[i]).sum() for i in range(len(lab))])
-    return index[torch.argsort(rank * (int(lab.max()) + 1) + lab)]
-
-
 def fitted_to_test(model, noise, labels, reference, config, untuned_solver, args) -> dict:
     """The tuner fitted to a subset of the held-out noises themselves (train = test, their
     teacher samples as the target), beside the calibrated configuration and the best untuned
     10-call solver on the same noises: what calibration data that matched the test exactly
     would give. Not a held-out result."""
     pick = torch.arange(0, len(labels), len(labels) // args.test_fit_samples)
-    pick = _round_robin(pick[: args.test_fit_samples], labels)
+    pick = pick[: args.test_fit_samples]
     x, target = noise[pick], reference[pick]
     cond, uncond = class_inputs(model, labels[pick])
     start = time.perf_counter()

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from tqdm.auto import tqdm
 
 import fewstep
 from fewstep.analytic import GaussianData, analytic_start
@@ -17,7 +18,7 @@ from fewstep.sampling import plan
 from fewstep.solvers import get_solver
 from fewstep.spacing import Times
 from fewstep.tuner import SamplerConfig, Teacher, calibration_loss
-from fewstep.tuner.gradient import refine
+from fewstep.tuner.gradient import _split, refine
 from fewstep.tuner.tune import _TEACHERS, _fit_gaussian, teacher_for
 
 
@@ -75,8 +76,8 @@ def test_tuned_beats_the_plain_solver_on_held_out_noise(setup):
 
 
 def test_refinement_keeps_the_best_held_out_mean(setup):
-    """The kept parameters are judged by the mean error on the held-out quarter (the metric
-    reported), and the starting parameters are among the candidates."""
+    """The kept parameters are judged by the mean error on the held-out quarter, every fourth
+    noise (the metric reported), and the starting parameters are among the candidates."""
     _, model, calibration, target, config = setup
     teacher = replace(teacher_for(model, calibration), target=target)
     solver = get_solver(config.solver, **config.options)
@@ -86,9 +87,24 @@ def test_refinement_keeps_the_best_held_out_mean(setup):
     )
     assert after <= before
     kept = replace(config, times=times, corrections=corrections, call_times=calls)
-    held = slice(24, 32)  # the last quarter of the 32 calibration noises
+    held = slice(3, 32, 4)  # every fourth of the 32 calibration noises
     out = fewstep.sample(model, calibration[held], config=kept)
     assert float(rmse(out, target[held]).mean()) == pytest.approx(after, rel=1e-9)
+
+
+def test_the_held_out_quarter_has_every_class_however_calibration_is_ordered():
+    """Every fourth noise is held out, class by class when there are labels: calibration
+    sorted by class and calibration with the classes in turn (i % 10, whose every fourth
+    is only odd classes) both put every class on both sides."""
+    fit, held = _split(40)
+    assert held.tolist() == list(range(3, 40, 4)) and len(fit) == 30
+    for labels in (torch.arange(10).repeat_interleave(4), torch.arange(40) % 10):
+        fit, held = _split(len(labels), labels)
+        assert len(held) == 10 and sorted(fit.tolist() + held.tolist()) == list(range(40))
+        assert set(labels[fit].tolist()) == set(labels[held].tolist()) == set(range(10))
+    assert set((torch.arange(40) % 10)[_split(40)[1]].tolist()) == {1, 3, 5, 7, 9}
+    fit, held = _split(5)  # too few to hold any out: all of it for both
+    assert fit.tolist() == held.tolist() == list(range(5))
 
 
 def test_methods_and_the_teacher_cache(setup):
@@ -314,6 +330,43 @@ def test_each_competitive_first_step_is_refined(setup, monkeypatch):
         assert set(refined) == (expected or {config.gaussian is not None} | set(refined))
         if expected is None:
             assert len(set(refined)) == 1
+
+
+def test_a_lone_start_is_descended_twice_the_second_time_cautiously(setup, monkeypatch):
+    """Stage 3 starts from the searched sampler and the plain default; where they are the
+    same sampler (however its options spell it), the second descent is from it again with
+    the cautious learning rates, not a repeat of the first."""
+    _, model, calibration, target, _ = setup
+    tune_module = sys.modules["fewstep.tuner.tune"]
+    size = get_solver("unipc", order=2).grid_size(4, False)
+    times = fewstep.defaults.auto(model.schedule, 4)[2].times(model.schedule, size).tolist()
+    plain = tune_module.Candidate(1.0, "unipc", {"order": 2}, times, "default", None)
+    spelled = plain._replace(options={"order": 2, "orders": [2] * (size - 1)})
+    other = plain._replace(options={"order": 2, "orders": [2] * (size - 2) + [1]})
+    assert tune_module._base_program(model, plain, 4) == tune_module._base_program(
+        model, spelled, 4
+    )
+    assert tune_module._base_program(model, plain, 4) != tune_module._base_program(model, other, 4)
+    descents = []
+    real = tune_module._refine
+
+    def spy(model, teacher, start, nfe, method, iterations, bar, rates):
+        descents.append((start, rates))
+        return real(model, teacher, start, nfe, method, iterations, bar, rates)
+
+    monkeypatch.setattr(tune_module, "_refine", spy)
+    teacher = replace(teacher_for(model, calibration), target=target)
+    for searched in (spelled, other):
+        descents.clear()
+        tune_module._search(
+            model, teacher, 4, "grid", 2, searched, plain, tqdm(total=0, disable=True)
+        )
+        (first, first_rates), (second, second_rates) = descents
+        assert first == searched and first_rates == {}
+        if searched is spelled:
+            assert second == searched and second_rates == tune_module.CAUTIOUS
+        else:
+            assert second == plain and second_rates == {}
 
 
 def test_tune_command_writes_a_config_that_sample_accepts(tmp_path, capsys):

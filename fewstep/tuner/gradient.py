@@ -5,8 +5,9 @@ differentiable function of the times; additive corrections on every combination'
 data coefficients (over all earlier evaluations, as bespoke solvers and learnable sampler
 distillation learn them) are parameters too. The sampler runs with autograd on, its output
 is compared with the teacher's target, and Adam updates times and corrections. A quarter of
-the calibration noises is held out: the parameters kept are those with the best held-out
-mean error seen (the starting ones included), so the fit stops where it overfits.
+the calibration noises (every fourth, class by class for a class-conditional model) is held
+out: the parameters kept are those with the best held-out mean error seen (the starting ones
+included), so the fit stops where it overfits.
 """
 
 from __future__ import annotations
@@ -35,15 +36,21 @@ VALIDATE_EVERY = 5
 GRAD_EPS = 1e-20  # under the root of a fitted RMSE: a finite gradient at zero error
 
 
-def _split(batch: int) -> tuple[slice, slice]:
-    """Fit and held-out parts of the calibration batch (all of it for both when tiny)."""
+def _split(batch: int, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Indices of the fit and held-out parts of the calibration batch (all of it for both
+    when tiny): every fourth sample, in the order given or, with ``labels``, class by class
+    (systematic stratified sampling), so every class with four or more samples is on both
+    sides whether the calibration comes sorted by class or with classes in turn."""
+    index = torch.arange(batch)
     if batch < 8:
-        return slice(None), slice(None)
-    cut = batch - batch // 4
-    return slice(0, cut), slice(cut, batch)
+        return index, index
+    order = index if labels is None else torch.sort(labels.cpu(), stable=True).indices
+    held = torch.zeros(batch, dtype=torch.bool)
+    held[order[3::4]] = True
+    return index[~held], index[held]
 
 
-def _subset(x: Tensor, target: Tensor, cond, uncond, part: slice):
+def _subset(x: Tensor, target: Tensor, cond, uncond, part: Tensor):
     """The inputs of one part of the batch; conditioning tensors with a batch axis follow."""
 
     def pick(inputs):
@@ -201,7 +208,8 @@ def refine(
         tau = torch.minimum(torch.maximum(tau, tau_range[0]), tau_range[1])
         return torch.clamp(t_of_classical_sigma(schedule, tau), schedule.t_min, schedule.t_max)
 
-    fit, held = _split(x0.shape[0])
+    label = teacher.label()
+    fit, held = _split(x0.shape[0], None if label is None else label[1])
     fit_inputs = _subset(x0, target, teacher.cond, teacher.uncond, fit)
     held_inputs = _subset(x0, target, teacher.cond, teacher.uncond, held)
 

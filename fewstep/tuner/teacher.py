@@ -40,6 +40,17 @@ class Teacher:
         """The float64 starting state of every sampler fitted to this teacher."""
         return self.noise.to(torch.float64) * schedule.initial_scale(schedule.t_max)
 
+    def label(self) -> tuple[str, Tensor] | None:
+        """(key, labels) when the condition holds one integer label per sample (a
+        class-conditional model), else None."""
+        batch = self.target.shape[0]
+        labelled = [
+            (key, v)
+            for key, v in (self.cond or {}).items()
+            if isinstance(v, Tensor) and v.shape == (batch,) and not v.is_floating_point()
+        ]
+        return labelled[0] if len(labelled) == 1 else None
+
     def predictions(self, model: Model) -> Tensor:
         """(T, batch, ...) the model's data prediction at every state (T x batch calls, once)."""
         if "data" not in self._predictions:

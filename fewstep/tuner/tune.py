@@ -11,7 +11,8 @@ grid is the first candidate, so tuning never makes the calibration loss worse):
 2. solver and per-step orders: a few solvers, then each step's order, greedily (as S^3 does);
 3. gradient: times and per-step coefficient corrections through the sampler (bespoke
    solvers, learnable sampler distillation, DC-Solver's compensation), started from the
-   searched sampler and from the plain default of its first step.
+   searched sampler and from the plain default of its first step (where those are the same
+   sampler, from it twice: the second descent with smaller learning rates).
 
 Stages 2 and 3 run for each first step whose best stage-1 candidate is within
 ``FAMILY_MARGIN`` of the best: on a network the analytic step can lose unrefined and win
@@ -34,8 +35,9 @@ from .. import defaults
 from ..analytic import GaussianData
 from ..errors import ArgumentError
 from ..model import Model
-from ..sampling import run
+from ..sampling import plan, run
 from ..solvers import get_solver
+from ..spacing import Times
 from .config import SamplerConfig
 from .gradient import refine, sample_rmse
 from .grid import dp_grid, step_costs
@@ -47,6 +49,10 @@ CANDIDATES = [("unipc", {"order": 3}), ("unipc", {"order": 2}), ("dpmpp_3m", {})
 #: a first step (model call or analytic) is searched and refined when its best candidate's
 #: calibration loss is within this factor of the best of all candidates
 FAMILY_MARGIN = 1.3
+#: learning rates of the second descent from a lone start: the default rates can leap from
+#: a good basin into a worse one early on (the fitted mean is carried by the few samples
+#: that cross to another mode), and which of the two descents wins varies by problem
+CAUTIOUS = {"lr_times": 3e-3, "lr_coefficients": 1e-3}
 
 _TEACHERS: dict[tuple, Teacher] = {}
 
@@ -242,15 +248,11 @@ class Candidate(NamedTuple):
 def _fit_gaussian(teacher: Teacher) -> GaussianData:
     """The analytic first step's Gaussian, fitted to the teacher's end points: per class
     when the condition holds one integer label per sample (a class-conditional model)."""
-    batch = teacher.target.shape[0]
-    labelled = [
-        key
-        for key, v in (teacher.cond or {}).items()
-        if isinstance(v, Tensor) and v.shape == (batch,) and not v.is_floating_point()
-    ]
-    if len(labelled) != 1:
+    label = teacher.label()
+    if label is None:
         return GaussianData.fit(teacher.target)
-    return GaussianData.fit(teacher.target, teacher.cond[labelled[0]], labelled[0])
+    key, labels = label
+    return GaussianData.fit(teacher.target, labels, key)
 
 
 def _search(
@@ -267,24 +269,36 @@ def _search(
     coefficients through the sampler from the searched sampler and from the plain default
     of that first step (the mean error is carried by the few samples a sampler sends to
     another mode, and a start that trades typical accuracy for fewer of them can trap the
-    descent). Returns (best candidate, corrections, call times)."""
+    descent); where those are the same sampler, from it twice, the second time with
+    ``CAUTIOUS`` learning rates. Returns (best candidate, corrections, call times)."""
     best, corrections, call_times = searched, [], None
     if method in ("orders", "full"):
         best = _search_orders(model, teacher, best, nfe)
     if method not in ("grid", "coefficients", "full"):
         return best, corrections, call_times
-    starts = [best]
-    if (default.solver, default.options, default.times) != (best.solver, best.options, best.times):
-        starts.append(default)
+    starts = [(best, {})]
+    if _base_program(model, default, nfe) != _base_program(model, best, nfe):
+        starts.append((default, {}))
+    else:  # one start: a second, cautious descent from it
+        starts.append((best, CAUTIOUS))
     bar.total += iterations * len(starts)
-    for start in starts:
+    for start, rates in starts:
         loss, times, start_corrections, start_calls = _refine(
-            model, teacher, start, nfe, method, iterations, bar
+            model, teacher, start, nfe, method, iterations, bar, rates
         )
         if loss < best.loss:  # otherwise the searched sampler stands
             best = start._replace(loss=loss, times=times)
             corrections, call_times = start_corrections, start_calls
     return best, corrections, call_times
+
+
+def _base_program(model: Model, candidate: Candidate, nfe: int) -> tuple:
+    """The instructions of a candidate's plain program (before any analytic first step):
+    equal for the same sampler however its options spell it (e.g. unipc order 2 and unipc
+    with orders [2, 2, ...])."""
+    evaluations = nfe + (candidate.gaussian is not None)
+    times = Times(tuple(candidate.times))
+    return plan(model, candidate.solver, evaluations, times, **candidate.options)[2].instructions
 
 
 def _score_candidates(
@@ -353,8 +367,10 @@ def _refine(
     method: str,
     iterations: int,
     bar,
+    rates: dict,
 ) -> tuple[float, list[float], list, list[float] | None]:
-    """(calibration loss, times, corrections, call times) after gradient refinement."""
+    """(calibration loss, times, corrections, call times) after gradient refinement
+    (``rates``: learning rates other than ``refine``'s defaults)."""
     new_times, corrections, calls, _, _ = refine(
         model,
         get_solver(start.solver, **start.options),
@@ -367,6 +383,7 @@ def _refine(
         learn_call_times=method == "full",
         gaussian=start.gaussian,
         progress=bar,
+        **rates,
     )
     candidate = _config(
         model, start.solver, start.options, nfe, new_times, start.gaussian, corrections, calls
