@@ -256,8 +256,8 @@ def fitted_to_test(model, noise, labels, reference, config, untuned_solver, args
     teacher samples as the target), beside the calibrated configuration and the best untuned
     10-call solver on the same noises: what calibration data that matched the test exactly
     would give. Not a held-out result."""
-    pick = torch.arange(0, len(labels), len(labels) // args.test_fit_samples)
-    pick = pick[: args.test_fit_samples]
+    step = len(labels) // args.test_fit_samples
+    pick = torch.arange(0, len(labels), step)[: args.test_fit_samples]
     x, target = noise[pick], reference[pick]
     cond, uncond = class_inputs(model, labels[pick])
     start = time.perf_counter()
