@@ -369,6 +369,43 @@ def test_a_lone_start_is_descended_twice_the_second_time_cautiously(setup, monke
             assert second == plain and second_rates == {}
 
 
+def test_the_order_search_runs_no_trial_that_compiles_to_the_current_sampler(setup, monkeypatch):
+    """A multistep's first step has one evaluation of history, so every order there is the
+    same sampler: the search spends no calibration run on it (or on any other tie), and
+    still finds an order that lowers the loss."""
+    _, model, calibration, target, _ = setup
+    tune_module = sys.modules["fewstep.tuner.tune"]
+    size = get_solver("unipc", order=3).grid_size(5, False)
+    times = fewstep.defaults.auto(model.schedule, 5)[2].times(model.schedule, size).tolist()
+    teacher = replace(teacher_for(model, calibration), target=target)
+    start = tune_module.Candidate(
+        calibration_loss(model, teacher, "unipc", {"order": 3}, 5, times, None),
+        "unipc",
+        {"order": 3},
+        times,
+        "default",
+        None,
+    )
+    held = {"program": tune_module._base_program(model, start, 5), "loss": start.loss}
+    tried = []
+    real = tune_module.calibration_loss
+
+    def spy(model, teacher, solver, options, *args):
+        # the search's current sampler, followed as it improves
+        program = tune_module._base_program(model, start._replace(options=options), 5)
+        assert program != held["program"], f"orders {options['orders']} tie the current"
+        tried.append(list(options["orders"]))
+        value = real(model, teacher, solver, options, *args)
+        if value < held["loss"]:
+            held.update(program=program, loss=value)
+        return value
+
+    monkeypatch.setattr(tune_module, "calibration_loss", spy)
+    best = tune_module._search_orders(model, teacher, start, 5)
+    assert tried and all(orders[0] == 3 for orders in tried)  # step 0 never varied
+    assert best.loss <= start.loss and len(best.options["orders"]) == size - 1
+
+
 def test_tune_command_writes_a_config_that_sample_accepts(tmp_path, capsys):
     from fewstep.cli import main
 

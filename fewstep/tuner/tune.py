@@ -336,24 +336,29 @@ def _score_candidates(
 
 
 def _search_orders(model: Model, teacher: Teacher, best: Candidate, nfe: int) -> Candidate:
-    """Each step's order, greedily (two sweeps), for a solver that takes per-step orders."""
+    """Each step's order, greedily (two sweeps), for a solver that takes per-step orders.
+    A trial that compiles to the current sampler (an order above the history a step has,
+    as on a multistep's first step) is skipped: it would cost a calibration run and tie."""
     solver = get_solver(best.solver, **best.options)
     if "orders" not in solver.options():
         return best
     orders = [solver.order] * (len(best.times) - 1)
+    current = _base_program(model, best, nfe)
     for _ in range(2):
         improved = False
         for i in range(len(orders)):
             for k in range(1, solver.order + 1):
-                if k == orders[i]:
-                    continue
                 trial = [*orders[:i], k, *orders[i + 1 :]]
-                options = {**best.options, "orders": trial}
+                candidate = best._replace(options={**best.options, "orders": trial})
+                program = _base_program(model, candidate, nfe)
+                if program == current:
+                    continue
                 value = calibration_loss(
-                    model, teacher, best.solver, options, nfe, best.times, best.gaussian
+                    model, teacher, best.solver, candidate.options, nfe, best.times, best.gaussian
                 )
                 if value < best.loss:
-                    best, orders, improved = best._replace(loss=value, options=options), trial, True
+                    best, orders, improved = candidate._replace(loss=value), trial, True
+                    current = program
         if not improved:
             break
     return best._replace(options={**best.options, "orders": orders})
