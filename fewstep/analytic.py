@@ -9,12 +9,14 @@ v, x_t = alpha x0 + sigma eps gives, element by element,
 
 so the first evaluation costs no model call and the budget goes to later steps. For a
 class-conditional model the mean is the class's (the variance then pooled within classes):
-the condition's integer labels pick it per sample.
+the condition's integer labels pick it per sample; a class without a mean (fewer than two
+calibration samples of it) starts from the overall mean, with a warning.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -77,7 +79,16 @@ class GaussianData:
                 f"the analytic first step was fitted per class: it needs the labels under "
                 f"{self.label_key!r}, one per sample",
             )
-        rows, _ = _class_rows(self.mean, self.class_means, labels)
+        rows, has_class = _class_rows(self.mean, self.class_means, labels)
+        if not bool(has_class.all()):
+            missing = sorted({int(c) for c in labels.cpu()[~has_class]})
+            warnings.warn(
+                f"the analytic first step has no mean for class(es) {missing} under "
+                f"{self.label_key!r} (fewer than two calibration samples of each): they start "
+                "from the mean of all calibration samples; tune with two or more calibration "
+                "samples of every class you sample",
+                stacklevel=2,
+            )
         return rows.to(x)
 
     def predict(self, x: Tensor, point: Point, cond: Mapping[str, Any] | None = None) -> Prediction:

@@ -2,6 +2,7 @@
 sampler's invariants, and every consumer (sample, diffusers) runs them alike."""
 
 import sys
+import warnings
 from dataclasses import replace
 
 import pytest
@@ -162,7 +163,8 @@ def test_analytic_first_step_is_the_exact_gaussian_posterior():
 
 def test_class_conditional_gaussian_picks_each_samples_class():
     """Fitted with labels, the Gaussian's mean is the class's (the variance about the class
-    means); a label it never saw falls back to the overall mean; it needs the labels."""
+    means); a label it never saw falls back to the overall mean, with a warning that names
+    it; it needs the labels."""
     g = torch.Generator().manual_seed(0)
     centres = torch.tensor([[2.0, 0.0], [-2.0, 1.0]], dtype=torch.float64)
     labels = torch.arange(4000) % 2
@@ -174,15 +176,20 @@ def test_class_conditional_gaussian_picks_each_samples_class():
     )
     point = Point(0.0, 0.6, 0.8, 0.0, 0.0, 0.0)
     state = torch.zeros(3, 2, dtype=torch.float64)
-    pred = fitted.predict(state, point, {"y": torch.tensor([0, 1, 7])})
+    with pytest.warns(UserWarning, match=r"no mean for class\(es\) \[7\] under 'y'"):
+        pred = fitted.predict(state, point, {"y": torch.tensor([0, 1, 7])})
     # at x = 0 the posterior mean is the class mean shrunk by sigma^2 / (alpha^2 v + sigma^2)
     means = torch.stack([fitted.class_means[0], fitted.class_means[1], fitted.mean])
     expected = means * 0.64 / (0.36 * fitted.var + 0.64)
     torch.testing.assert_close(pred.data, expected)
     again = GaussianData.from_record(fitted.record())
-    torch.testing.assert_close(
-        again.predict(state, point, {"y": torch.tensor([0, 1, 7])}).data, expected
-    )
+    with pytest.warns(UserWarning, match="no mean"):
+        torch.testing.assert_close(
+            again.predict(state, point, {"y": torch.tensor([0, 1, 7])}).data, expected
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every class has a mean: no warning
+        fitted.predict(state, point, {"y": torch.tensor([1, 0, 1])})
     with pytest.raises(fewstep.ArgumentError, match="cond"):
         fitted.predict(state, point)
     with pytest.raises(fewstep.ArgumentError, match="labels"):
