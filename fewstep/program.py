@@ -7,10 +7,12 @@ list of two instructions,
     Combine(target, base, scale, terms)    -> target = scale * base + sum_j (a_j D_j + b_j eps_j)
 
 (and ``Estimate``, an evaluation that an approximation of the data makes instead of the model)
+with every coefficient computed once, on the host, before sampling starts. The result is the
+data prediction of the output evaluation or, in a tuned program, a ``finish`` combination of
+the last state and the evaluations.
 
-with every coefficient computed once, on the host, before sampling starts. The executor
-below is the only sampling loop; solvers differ only in their coefficients (DESIGN.md), and
-a tuner can rewrite the coefficients of a compiled program directly.
+The executor below is the only sampling loop; solvers differ only in their coefficients
+(DESIGN.md), and a tuner can rewrite the coefficients of a compiled program directly.
 """
 
 from __future__ import annotations
@@ -87,13 +89,16 @@ Instruction = Evaluate | Estimate | Combine
 
 @dataclass(frozen=True)
 class Program:
-    """A compiled sampler: instructions, and the evaluation whose data prediction is the result."""
+    """A compiled sampler: instructions, and the evaluation whose data prediction is the
+    result, or (``finish``) the combination that forms the result after the last
+    instruction (its target is unused)."""
 
     instructions: tuple[Instruction, ...]
     output: int
     n_registers: int
     releases: tuple[tuple[int, ...], ...] = field(repr=False, default=())
     draws: tuple[Draw, ...] = ()
+    finish: Combine | None = None
 
     @property
     def nfe(self) -> int:
@@ -192,10 +197,13 @@ class Execution:
 
     @property
     def output(self) -> Tensor:
-        """The data prediction of the program's output evaluation (once done)."""
+        """The result (once done): the output evaluation's data prediction, or the finish."""
         if not self.done:
             raise RuntimeError("the program has not finished")
-        return self.results[self.program.output].data
+        finish = self.program.finish
+        if finish is None:
+            return self.results[self.program.output].data
+        return combine(self.registers[finish.base], finish.scale, finish.terms, self.results)
 
 
 def combine(
@@ -261,6 +269,8 @@ class ProgramBuilder:
         it would return) is left out, so the segment ends with its state in register 0.
         ``land_offset`` shifts the grid indices its steps land on (None drops them).
         Returns the new index of its output evaluation (-1 when left out)."""
+        if program.finish is not None:
+            raise ValueError("a program with a finish combination cannot be inlined")
         registers = {0: 0}
         sources: dict[int, int] = {}
         draws: dict[int, int] = {}
@@ -306,6 +316,7 @@ def with_releases(
     output: int,
     n_registers: int,
     draws: tuple[Draw, ...] = (),
+    finish: Combine | None = None,
 ) -> Program:
     """A program that frees each evaluation after its last use (bounded memory)."""
     last_use: dict[int, int] = {}
@@ -317,9 +328,12 @@ def with_releases(
         else:
             for term in ins.terms:
                 last_use[term.source] = i
-    last_use[output] = len(instructions)
+    for source in (output, *(() if finish is None else (t.source for t in finish.terms))):
+        last_use[source] = len(instructions)
     releases: list[list[int]] = [[] for _ in instructions]
     for source, i in last_use.items():
         if i < len(instructions):
             releases[i].append(source)
-    return Program(instructions, output, n_registers, tuple(tuple(r) for r in releases), draws)
+    return Program(
+        instructions, output, n_registers, tuple(tuple(r) for r in releases), draws, finish
+    )

@@ -13,12 +13,14 @@ import fewstep
 from fewstep.analytic import GaussianData, analytic_start
 from fewstep.guidance import class_inputs
 from fewstep.model import Point
-from fewstep.program import Estimate
+from fewstep.program import Combine, Estimate
 from fewstep.reference import GaussianMixture, problem, rmse
 from fewstep.sampling import plan
 from fewstep.solvers import get_solver
 from fewstep.spacing import Times
 from fewstep.tuner import SamplerConfig, Teacher, calibration_loss
+from fewstep.tuner.config import Correction, corrected
+from fewstep.tuner.finish import fit_finish, run_features
 from fewstep.tuner.gradient import _split, refine
 from fewstep.tuner.tune import _TEACHERS, _fit_gaussian, teacher_for
 
@@ -57,6 +59,7 @@ def test_tuned_sampler_keeps_the_invariants(setup):
 
 def test_config_round_trips_through_json(setup, tmp_path):
     pb, model, _, _, config = setup
+    assert config.program(model).finish is not None  # the round trip covers a finish
     path = tmp_path / "tuned.json"
     config.save(path)
     again = SamplerConfig.load(path)
@@ -65,6 +68,52 @@ def test_config_round_trips_through_json(setup, tmp_path):
     b = fewstep.sample(model, noise, config=again)
     c = fewstep.sample(model, noise, config=str(path))
     assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_one_correction_more_than_combinations_corrects_the_result(setup):
+    """The extra correction forms the result from the output evaluation's data prediction,
+    the state it was made at and earlier evaluations' data (kept alive to the end);
+    configurations without it run the plain result."""
+    pb, model, _, _, _ = setup
+    _, _, program = plan(model, "unipc", 4)
+    n = sum(isinstance(ins, Combine) for ins in program.instructions)
+    seen = []
+
+    def evaluate(state, ins):
+        seen.append((state.clone(), model.evaluate(state, ins.point)))
+        return seen[-1][1]
+
+    x = pb.noise(3, seed=2).double()
+    plain = program.run(evaluate, x)
+    states, predictions = zip(*seen, strict=True)
+    zero = [Correction()] * n
+    finished = corrected(program, [*zero, Correction(0.5, {0: 0.25, 3: -0.1})])
+    out = finished.run(lambda state, ins: model.evaluate(state, ins.point), x)
+    expected = plain + 0.5 * states[-1] + 0.25 * predictions[0].data - 0.1 * predictions[3].data
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(
+        corrected(program, zero).run(lambda s, i: model.evaluate(s, i.point), x), plain
+    )
+    with pytest.raises(fewstep.ArgumentError, match=f"{n + 2} corrections"):
+        corrected(program, [*zero, Correction(), Correction()])
+
+
+def test_the_finish_recovers_a_result_the_run_can_form_and_is_dropped_where_useless(setup):
+    """A target that is an affine combination of the run's last state and data predictions
+    is fitted to the coefficients that form it; a target the program already returns gets
+    no finish."""
+    _, model, calibration, _, _ = setup
+    _, _, program = plan(model, "unipc", 4)
+    teacher = teacher_for(model, calibration)
+    state, data = run_features(model, program, teacher)
+    target = data[-1] + 0.3 * state - 0.2 * data[0] + 0.1 * data[2]
+    finish, before, after = fit_finish(model, program, replace(teacher, target=target))
+    assert after < 1e-6 * before
+    assert finish.scale == pytest.approx(0.3, abs=1e-5)
+    expected = {0: -0.2, 1: 0.0, 2: 0.1, 3: 0.0}
+    assert finish.data == pytest.approx(expected, abs=1e-5)
+    none, before, after = fit_finish(model, program, replace(teacher, target=data[-1]))
+    assert none is None and after == before
 
 
 def test_tuned_beats_the_plain_solver_on_held_out_noise(setup):

@@ -4,9 +4,12 @@ The program a configuration runs is the solver compiled on its times, with addit
 corrections on the coefficients of its combinations: ``corrections[c]`` holds the change of
 the c-th combination's scale and of its data coefficients on any earlier evaluation (a
 tuned step may use all the history, not only the solver's). Zero corrections are the plain
-solver on the tuned grid. With ``gaussian`` (a data mean and variance) the first of the
-solver's evaluations is the analytic first step (fewstep.analytic), not a model call: the
-solver is compiled for nfe + 1 evaluations and still makes nfe model calls.
+solver on the tuned grid. One more correction than combinations corrects the result
+(the last call's data prediction plus changes on its state and on every evaluation's data):
+a few-step sampler's last call is a denoiser whose output the history can sharpen. With
+``gaussian`` (a data mean and variance) the first of the solver's evaluations is the
+analytic first step (fewstep.analytic), not a model call: the solver is compiled for
+nfe + 1 evaluations and still makes nfe model calls.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from ..analytic import GaussianData, analytic_start
 from ..errors import ArgumentError
 from ..io import atomic_write_text
 from ..model import Model, Point, points
-from ..program import Combine, Evaluate, Program, Term, with_releases
+from ..program import Combine, Estimate, Evaluate, Program, Term, with_releases
 from ..sampling import plan
 from ..spacing import Times
 
@@ -131,29 +134,41 @@ def shifted(program: Program, call_points: Sequence[Point]) -> Program:
 
 def corrected(program: Program, corrections: list[Correction]) -> Program:
     """The program with additive corrections on its combinations' coefficients (floats or
-    tensors, so a tuner can learn them)."""
+    tensors, so a tuner can learn them). One correction more than combinations corrects the
+    result: it becomes a finish combination, the output evaluation's data prediction plus
+    changes on the state that evaluation saw (``scale``) and on every evaluation's data."""
     if not corrections:
         return program
     combines = [i for i, ins in enumerate(program.instructions) if isinstance(ins, Combine)]
-    if len(corrections) != len(combines):
+    if len(corrections) not in (len(combines), len(combines) + 1):
         raise ArgumentError(
             "config",
             f"has {len(corrections)} corrections for a program with {len(combines)} combinations",
             "retune for this solver and nfe",
         )
     instructions = list(program.instructions)
-    for index, corr in zip(combines, corrections, strict=True):
-        ins = instructions[index]
-        terms = {t.source: [t.data, t.noise] for t in ins.terms}
-        for source, delta in corr.data.items():
-            entry = terms.setdefault(source, [0.0, 0.0])
-            entry[0] = entry[0] + delta
-        instructions[index] = Combine(
-            ins.target,
-            ins.base,
-            ins.scale + corr.scale,
-            tuple(Term(s, d, e) for s, (d, e) in terms.items()),
-            ins.lands,
-            ins.draws,
+    for index, corr in zip(combines, corrections, strict=False):
+        instructions[index] = _corrected(instructions[index], corr)
+    finish = program.finish
+    if len(corrections) > len(combines):
+        evaluations = [ins for ins in instructions if isinstance(ins, (Evaluate, Estimate))]
+        finish = _corrected(
+            finish
+            or Combine(0, evaluations[program.output].state, 0.0, (Term(program.output, 1.0),)),
+            corrections[-1],
         )
-    return with_releases(tuple(instructions), program.output, program.n_registers, program.draws)
+    return with_releases(
+        tuple(instructions), program.output, program.n_registers, program.draws, finish
+    )
+
+
+def _corrected(ins: Combine, corr: Correction) -> Combine:
+    terms = {t.source: [t.data, t.noise] for t in ins.terms}
+    for source, delta in corr.data.items():
+        entry = terms.setdefault(source, [0.0, 0.0])
+        entry[0] = entry[0] + delta
+    return replace(
+        ins,
+        scale=ins.scale + corr.scale,
+        terms=tuple(Term(s, d, e) for s, (d, e) in terms.items()),
+    )

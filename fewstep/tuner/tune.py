@@ -12,7 +12,9 @@ grid is the first candidate, so tuning never makes the calibration loss worse):
 3. gradient: times and per-step coefficient corrections through the sampler (bespoke
    solvers, learnable sampler distillation, DC-Solver's compensation), started from the
    searched sampler and from the plain default of its first step (where those are the same
-   sampler, from it twice: the second descent with smaller learning rates).
+   sampler, from it twice: the second descent with smaller learning rates);
+4. finish: the result refitted as a combination of the last state and every evaluation's
+   data prediction (a convex fit, fewstep.tuner.finish), where it lowers the held-out error.
 
 Stages 2 and 3 run for each first step whose best stage-1 candidate is within
 ``FAMILY_MARGIN`` of the best: on a network the analytic step can lose unrefined and win
@@ -35,10 +37,12 @@ from .. import defaults
 from ..analytic import GaussianData
 from ..errors import ArgumentError
 from ..model import Model
+from ..program import Combine
 from ..sampling import plan, run
 from ..solvers import get_solver
 from ..spacing import Times
-from .config import SamplerConfig
+from .config import Correction, SamplerConfig
+from .finish import fit_finish
 from .gradient import refine, sample_rmse
 from .grid import dp_grid, step_costs
 from .teacher import Teacher
@@ -203,6 +207,8 @@ def tune(
         found = _search(model, teacher, nfe, method, iterations, searched, family[0], bar)
         if found[0].loss < best.loss:
             best, corrections, call_times = found
+    if method in ("coefficients", "full"):
+        best, corrections = _finished(model, teacher, best, nfe, corrections, call_times)
     bar.close()
     # pin the defaults that decide the program, so a saved config outlives a default's change
     options = best.options
@@ -290,6 +296,31 @@ def _search(
             best = start._replace(loss=loss, times=times)
             corrections, call_times = start_corrections, start_calls
     return best, corrections, call_times
+
+
+def _finished(
+    model: Model,
+    teacher: Teacher,
+    best: Candidate,
+    nfe: int,
+    corrections: list[Correction],
+    call_times: list[float] | None,
+) -> tuple[Candidate, list[Correction]]:
+    """Stage 4: the best sampler with a finish (``fit_finish``) where that lowers the
+    held-out quarter's error and the calibration loss; (candidate, corrections)."""
+    config = _config(
+        model, best.solver, best.options, nfe, best.times, best.gaussian, corrections, call_times
+    )
+    program = config.program(model)
+    finish, _, _ = fit_finish(model, program, teacher)
+    if finish is None:
+        return best, corrections
+    combinations = sum(isinstance(ins, Combine) for ins in program.instructions)
+    finished = [*(corrections or [Correction()] * combinations), finish]
+    loss = config_loss(model, teacher, replace(config, corrections=finished))
+    if not loss < best.loss:
+        return best, corrections
+    return best._replace(loss=loss), finished
 
 
 def _base_program(model: Model, candidate: Candidate, nfe: int) -> tuple:
