@@ -41,6 +41,7 @@ from fewstep.analytic import GaussianData
 from fewstep.guidance import class_inputs
 from fewstep.io import atomic_write_bytes, atomic_write_text
 from fewstep.reference import problem, rmse
+from fewstep.tuner import refit_first_step
 
 torch.set_num_threads(2)
 
@@ -267,10 +268,11 @@ def held_out_classes(
     (RMSE and Frechet distance to the teacher's samples of those classes), beside the
     configuration calibrated on every class, plain auto at 5 calls and the best untuned
     10-call solver on the same noises. An analytic first step falls back to the seen
-    classes' mean for a class it has no mean of; refitted to the teacher's samples of every
-    class from the calibration noises (data statistics, no tuning), it separates what the
-    class means cost from what the times and coefficients do."""
-    from fewstep.quality import frechet_distance, teacher
+    classes' mean for a class it has no mean of; refitted (``refit_first_step``) to the
+    tuning teacher's samples of every class from the calibration noises (data statistics, no
+    tuning), it separates what the class means cost from what the times and coefficients
+    do."""
+    from fewstep.quality import frechet_distance
 
     cal = fewstep.randn((args.digits_calibration, *model.image_shape), seed=2000)
     cal_labels = torch.arange(args.digits_calibration) % SEEN_CLASSES
@@ -290,12 +292,9 @@ def held_out_classes(
         )
 
     refit = None
-    if seen.gaussian is not None:
-        every = torch.arange(args.digits_calibration) % 10
-        every_cond, every_uncond = class_inputs(model, every)
-        data = teacher(model, cal, cond=every_cond, uncond=every_uncond)
-        gaussian = GaussianData.fit(data, every, "y").record()
-        refit = scored(config=replace(seen, gaussian=gaussian))
+    if seen.gaussian is not None:  # the teacher of every class is the tuning's, cached
+        every, every_uncond = class_inputs(model, torch.arange(args.digits_calibration) % 10)
+        refit = scored(config=refit_first_step(model, seen, cal, cond=every, uncond=every_uncond))
     return dict(
         guidance=model.guidance.scale,
         samples=int(pick.sum()),

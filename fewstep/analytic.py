@@ -86,7 +86,8 @@ class GaussianData:
                 f"the analytic first step has no mean for class(es) {missing} under "
                 f"{self.label_key!r} (fewer than two calibration samples of each): they start "
                 "from the mean of all calibration samples; tune with two or more calibration "
-                "samples of every class you sample",
+                "samples of every class you sample, or refit the first step with "
+                "fewstep.tuner.refit_first_step",
                 stacklevel=2,
             )
         return rows.to(x)

@@ -18,7 +18,7 @@ from fewstep.reference import GaussianMixture, problem, rmse
 from fewstep.sampling import plan
 from fewstep.solvers import get_solver
 from fewstep.spacing import Times
-from fewstep.tuner import SamplerConfig, Teacher, calibration_loss
+from fewstep.tuner import SamplerConfig, Teacher, calibration_loss, refit_first_step
 from fewstep.tuner.config import Correction, corrected
 from fewstep.tuner.finish import fit_finish, run_features
 from fewstep.tuner.gradient import _split, refine
@@ -362,6 +362,36 @@ def test_guided_conditional_model_tunes():
     part_cond, part_uncond = class_inputs(model, cond["y"][5:])
     part = fewstep.sample(model, noise[5:], config=config, cond=part_cond, uncond=part_uncond)
     torch.testing.assert_close(part, whole[5:], rtol=1e-4, atol=1e-5)  # float32 network
+
+
+def test_refit_first_step_gives_every_sampled_class_its_mean():
+    """A configuration calibrated on some classes gets every class's mean from a teacher
+    solve on noises labelled with all of them; the rest of it stays."""
+    from fewstep.models import load
+
+    model = load("digits-unet")
+    noise = fewstep.randn((8, *model.image_shape), seed=5)
+    seen = Teacher.solve(model, noise, points=12, refine=1, cond={"y": torch.arange(8) % 2})
+    config = SamplerConfig(
+        "unipc",
+        {},
+        torch.linspace(999.0, 20.0, 4).tolist(),
+        3,
+        model.schedule.config(),
+        model.prediction,
+        gaussian=_fit_gaussian(seen).record(),
+    )
+    every = {"y": torch.arange(8) % 4}
+    with pytest.warns(UserWarning, match=r"\[2, 3\] under 'y'.*refit_first_step"):
+        fewstep.sample(model, noise, config=config, cond=every)
+    refit = refit_first_step(model, config, noise, cond=every)
+    assert sorted(GaussianData.from_record(refit.gaussian).class_means) == [0, 1, 2, 3]
+    assert refit.times == config.times and refit.meta["first_step_refit_samples"] == 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fewstep.sample(model, noise, config=refit, cond=every)
+    with pytest.raises(fewstep.ArgumentError, match="no analytic first step"):
+        refit_first_step(model, replace(config, gaussian=None), noise, cond=every)
 
 
 def test_each_competitive_first_step_is_refined(setup, monkeypatch):

@@ -2,6 +2,6 @@
 
 from .config import Correction, SamplerConfig
 from .teacher import Teacher
-from .tune import calibration_loss, tune
+from .tune import calibration_loss, refit_first_step, tune
 
-__all__ = ["Correction", "SamplerConfig", "Teacher", "calibration_loss", "tune"]
+__all__ = ["Correction", "SamplerConfig", "Teacher", "calibration_loss", "refit_first_step", "tune"]

@@ -240,6 +240,31 @@ def tune(
     )
 
 
+def refit_first_step(
+    model: Model,
+    config: SamplerConfig,
+    calibration: Tensor,
+    *,
+    cond: Mapping[str, Any] | None = None,
+    uncond: Mapping[str, Any] | None = None,
+) -> SamplerConfig:
+    """``config`` with its analytic first step's Gaussian refitted to ``model``'s samples
+    from the ``calibration`` noises (the teacher's end points; per class when ``cond`` holds
+    one integer label per sample): for classes the tuning calibration lacked, or after the
+    model changed. Times, orders and coefficients stay; it costs one teacher solve, no
+    tuning."""
+    config.check(model)
+    if config.gaussian is None:
+        raise ArgumentError(
+            "config", "has no analytic first step to refit", "sample with it as it is"
+        )
+    if not isinstance(calibration, Tensor) or calibration.ndim < 2:
+        raise ArgumentError("calibration", "give the calibration noises as a (batch, ...) tensor")
+    teacher = teacher_for(model, calibration, cond, uncond)
+    meta = {**config.meta, "first_step_refit_samples": int(calibration.shape[0])}
+    return replace(config, gaussian=_fit_gaussian(teacher).record(), meta=meta)
+
+
 class Candidate(NamedTuple):
     """A sampler the search considers, with its calibration loss."""
 
