@@ -21,7 +21,7 @@ from fewstep.spacing import Times
 from fewstep.tuner import SamplerConfig, Teacher, calibration_loss, refit_first_step
 from fewstep.tuner.config import Correction, corrected
 from fewstep.tuner.finish import fit_finish, run_features
-from fewstep.tuner.gradient import _split, refine
+from fewstep.tuner.gradient import held_out_split, refine
 from fewstep.tuner.tune import _TEACHERS, _fit_gaussian, teacher_for
 
 
@@ -146,14 +146,14 @@ def test_the_held_out_quarter_has_every_class_however_calibration_is_ordered():
     """Every fourth noise is held out, class by class when there are labels: calibration
     sorted by class and calibration with the classes in turn (i % 10, whose every fourth
     is only odd classes) both put every class on both sides."""
-    fit, held = _split(40)
+    fit, held = held_out_split(40)
     assert held.tolist() == list(range(3, 40, 4)) and len(fit) == 30
     for labels in (torch.arange(10).repeat_interleave(4), torch.arange(40) % 10):
-        fit, held = _split(len(labels), labels)
+        fit, held = held_out_split(len(labels), labels)
         assert len(held) == 10 and sorted(fit.tolist() + held.tolist()) == list(range(40))
         assert set(labels[fit].tolist()) == set(labels[held].tolist()) == set(range(10))
-    assert set((torch.arange(40) % 10)[_split(40)[1]].tolist()) == {1, 3, 5, 7, 9}
-    fit, held = _split(5)  # too few to hold any out: all of it for both
+    assert set((torch.arange(40) % 10)[held_out_split(40)[1]].tolist()) == {1, 3, 5, 7, 9}
+    fit, held = held_out_split(5)  # too few to hold any out: all of it for both
     assert fit.tolist() == held.tolist() == list(range(5))
 
 

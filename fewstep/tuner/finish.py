@@ -20,7 +20,7 @@ from ..model import Model
 from ..program import Execution, Program
 from ..reference.metrics import per_sample_rmse
 from .config import Correction
-from .gradient import GRAD_EPS, _split
+from .gradient import GRAD_EPS, held_out_split
 from .teacher import Teacher
 
 
@@ -47,7 +47,7 @@ def fit_finish(
         raise ValueError("fit_finish needs a program whose result is its last evaluation")
     target = teacher.target.to(data)
     label = teacher.label()
-    fit, held = _split(target.shape[0], None if label is None else label[1])
+    fit, held = held_out_split(target.shape[0], None if label is None else label[1])
     output = data.shape[0] - 1
     theta = torch.zeros(1 + data.shape[0], dtype=data.dtype, requires_grad=True)
 

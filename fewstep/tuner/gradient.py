@@ -36,7 +36,7 @@ VALIDATE_EVERY = 5
 GRAD_EPS = 1e-20  # under the root of a fitted RMSE: a finite gradient at zero error
 
 
-def _split(batch: int, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def held_out_split(batch: int, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Indices of the fit and held-out parts of the calibration batch (all of it for both
     when tiny): every fourth sample, in the order given or, with ``labels``, class by class
     (systematic stratified sampling), so every class with four or more samples is on both
@@ -209,7 +209,7 @@ def refine(
         return torch.clamp(t_of_classical_sigma(schedule, tau), schedule.t_min, schedule.t_max)
 
     label = teacher.label()
-    fit, held = _split(x0.shape[0], None if label is None else label[1])
+    fit, held = held_out_split(x0.shape[0], None if label is None else label[1])
     fit_inputs = _subset(x0, target, teacher.cond, teacher.uncond, fit)
     held_inputs = _subset(x0, target, teacher.cond, teacher.uncond, held)
 
