@@ -331,7 +331,7 @@ def _finished(
     corrections: list[Correction],
     call_times: list[float] | None,
 ) -> tuple[Candidate, list[Correction]]:
-    """Stage 6: the best sampler with a finish (``fit_finish``) where that lowers the
+    """The finish stage: the best sampler with a finish (``fit_finish``) where that lowers the
     held-out quarter's error and the calibration loss; (candidate, corrections)."""
     config = _config(
         model, best.solver, best.options, nfe, best.times, best.gaussian, corrections, call_times
