@@ -190,6 +190,8 @@ def test_config_refuses_other_models_and_options(setup):
         fewstep.tune(model, 1, calibration=pb.noise(4))
     with pytest.raises(fewstep.ArgumentError, match="method"):
         fewstep.tune(model, 4, calibration=pb.noise(4), method="magic")
+    with pytest.raises(fewstep.ArgumentError, match="calibration"):
+        fewstep.tune(model, 4, calibration=pb.noise(4)[0])
 
 
 def test_analytic_first_step_is_the_exact_gaussian_posterior():
@@ -392,6 +394,8 @@ def test_refit_first_step_gives_every_sampled_class_its_mean():
         fewstep.sample(model, noise, config=refit, cond=every)
     with pytest.raises(fewstep.ArgumentError, match="no analytic first step"):
         refit_first_step(model, replace(config, gaussian=None), noise, cond=every)
+    with pytest.raises(fewstep.ArgumentError, match="calibration"):
+        refit_first_step(model, config, noise.tolist(), cond=every)
 
 
 def test_each_competitive_first_step_is_refined(setup, monkeypatch):

@@ -72,6 +72,12 @@ def _key(model: Model, noise: Tensor, cond) -> tuple:
     )
 
 
+def _check_calibration(calibration) -> None:
+    """Calibration noises are a batch: a tensor with a leading batch axis."""
+    if not isinstance(calibration, Tensor) or calibration.ndim < 2:
+        raise ArgumentError("calibration", "give the calibration noises as a (batch, ...) tensor")
+
+
 def teacher_for(model: Model, noise: Tensor, cond=None, uncond=None) -> Teacher:
     """The teacher for these calibration inputs, computed once per (model, noises) and cached
     in memory so that tuning several budgets reuses it (``tune`` swaps in a given target)."""
@@ -174,8 +180,7 @@ def tune(
         raise ArgumentError("method", f"unknown {method!r}", f"one of {METHODS}")
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 2:
         raise ArgumentError("nfe", f"tuning needs at least 2 model calls, got {nfe!r}")
-    if not isinstance(calibration, Tensor) or calibration.ndim < 2:
-        raise ArgumentError("calibration", "give the calibration noises as a (batch, ...) tensor")
+    _check_calibration(calibration)
     start_time = time.perf_counter()
     cached = teacher is not None or _key(model, calibration, cond) in _TEACHERS
     teacher = teacher or teacher_for(model, calibration, cond, uncond)
@@ -258,8 +263,7 @@ def refit_first_step(
         raise ArgumentError(
             "config", "has no analytic first step to refit", "sample with it as it is"
         )
-    if not isinstance(calibration, Tensor) or calibration.ndim < 2:
-        raise ArgumentError("calibration", "give the calibration noises as a (batch, ...) tensor")
+    _check_calibration(calibration)
     teacher = teacher_for(model, calibration, cond, uncond)
     meta = {**config.meta, "first_step_refit_samples": int(calibration.shape[0])}
     return replace(config, gaussian=_fit_gaussian(teacher).record(), meta=meta)
