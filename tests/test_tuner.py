@@ -15,10 +15,11 @@ from fewstep.guidance import class_inputs
 from fewstep.model import Point
 from fewstep.program import Combine, Estimate
 from fewstep.reference import GaussianMixture, problem, rmse
+from fewstep.reference.metrics import per_sample_rmse
 from fewstep.sampling import plan
 from fewstep.solvers import get_solver
 from fewstep.spacing import Times
-from fewstep.tuner import SamplerConfig, Teacher, calibration_loss, refit_first_step
+from fewstep.tuner import SamplerConfig, Teacher, calibration_loss, gradient, refit_first_step
 from fewstep.tuner.config import Correction, corrected
 from fewstep.tuner.finish import fit_finish, run_features
 from fewstep.tuner.gradient import held_out_split, refine
@@ -140,6 +141,34 @@ def test_refinement_keeps_the_best_held_out_mean(setup):
     held = slice(3, 32, 4)  # every fourth of the 32 calibration noises
     out = fewstep.sample(model, calibration[held], config=kept)
     assert float(rmse(out, target[held]).mean()) == pytest.approx(after, rel=1e-9)
+
+
+def test_a_large_calibration_is_fitted_in_minibatches(setup, monkeypatch):
+    """Above FIT_BATCH fitting noises each gradient step draws that many (so a step costs the
+    same however many noises calibrate), drawn afresh each step so the descent sees every
+    one, the held-out check sees its whole quarter, and the draws are the same on every run."""
+    _, model, calibration, target, config = setup
+    teacher = replace(teacher_for(model, calibration), target=target)
+    solver = get_solver(config.solver, **config.options)
+    gaussian = config.gaussian and GaussianData.from_record(config.gaussian)
+    monkeypatch.setattr(gradient, "FIT_BATCH", 6)
+    seen, batches = set(), []
+    rows = {tuple(t.tolist()): i for i, t in enumerate(target)}
+
+    def spy(x, reference, eps=0.0):
+        if torch.is_grad_enabled():
+            batches.append(len(reference))
+            seen.update(rows[tuple(t.tolist())] for t in reference)
+        else:
+            assert len(reference) == 8  # the held-out quarter, whole
+        return per_sample_rmse(x, reference, eps)
+
+    monkeypatch.setattr(gradient, "per_sample_rmse", spy)
+    first = refine(model, solver, 4, config.times, teacher, iterations=30, gaussian=gaussian)
+    assert set(batches) == {6} and len(batches) == 30
+    assert seen == set(held_out_split(32)[0].tolist())
+    again = refine(model, solver, 4, config.times, teacher, iterations=30, gaussian=gaussian)
+    assert again[:3] == first[:3]
 
 
 def test_the_held_out_quarter_has_every_class_however_calibration_is_ordered():

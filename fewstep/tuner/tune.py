@@ -161,8 +161,10 @@ def tune(
     ``calibration`` noises (and ``cond``/``uncond`` inputs).
 
     Args:
-        calibration: noises (batch, ...); a few hundred where samples can end at different
-            modes, so that the rare ones a cheap sampler sends to the wrong mode are among them.
+        calibration: noises (batch, ...); where samples can end at different modes,
+            thousands, so that the rare ones a cheap sampler sends to the wrong mode are
+            among them (the descent draws minibatches, so a step costs the same; the
+            teacher's solve and each candidate's score grow with their number).
         solver: fix the base solver (a name with per-step ``orders``: unipc, dpmpp_2m,
             dpmpp_3m); None searches a few.
         method: "grid" (times only), "orders" (grid and per-step orders), "coefficients"
