@@ -215,8 +215,16 @@ def refine(
 
     label = teacher.label()
     fit, held = held_out_split(x0.shape[0], None if label is None else label[1])
-    draw = torch.Generator().manual_seed(0)  # the same minibatches on every run
+    fit_inputs = _subset(x0, target, teacher.cond, teacher.uncond, fit)
     held_inputs = _subset(x0, target, teacher.cond, teacher.uncond, held)
+    draw = torch.Generator().manual_seed(0)  # the same minibatches on every run
+
+    def fitting_batch():
+        """One step's fitting inputs: all of them, or a fresh draw of ``FIT_BATCH``."""
+        if len(fit) <= FIT_BATCH:
+            return fit_inputs
+        part = fit[torch.randperm(len(fit), generator=draw)[:FIT_BATCH]]
+        return _subset(x0, target, teacher.cond, teacher.uncond, part)
 
     def errors(program: Program, inputs) -> Tensor:
         x, y, cond, uncond = inputs
@@ -245,11 +253,7 @@ def refine(
         decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, iterations))
         for i in range(iterations):
             optimizer.zero_grad()
-            part = fit
-            if len(fit) > FIT_BATCH:
-                part = fit[torch.randperm(len(fit), generator=draw)[:FIT_BATCH]]
-            inputs = _subset(x0, target, teacher.cond, teacher.uncond, part)
-            loss = errors(program_now(), inputs).mean()
+            loss = errors(program_now(), fitting_batch()).mean()
             if not torch.isfinite(loss):
                 break
             loss.backward()
