@@ -13,7 +13,10 @@ at n and at 2n, on held-out noises, with the calibration cost.
   digits) of tuned NFE 5 against every untuned solver at NFE 5 to 10, a configuration
   tuned at one guidance scale applied at another, the tuner calibrated on half the classes
   and scored on the other half, and the tuner fitted to held-out noises themselves (what
-  calibration data matching the test exactly would give).
+  calibration data matching the test exactly would give);
+- models: tuned NFE 5 against every untuned solver at NFE 5 to 10 on each embedded digits
+  model (UNet epsilon, DiT v, UNet flow) at guidance 1, with paired-bootstrap intervals on
+  the FID differences.
 
     python bench/tuner.py                  # the full run (README table)
     python bench/tuner.py --quick          # a smoke run
@@ -45,7 +48,8 @@ from fewstep.tuner import refit_first_step
 
 torch.set_num_threads(2)
 
-SECTIONS = ("mixtures", "digits")
+SECTIONS = ("mixtures", "digits", "models")
+DIGITS_MODELS = ("digits-unet", "digits-dit", "digits-flow")
 OUTPUTS = ("tuned", "auto", "auto_2n")
 UNSEEN = dict(dim=32, components=4, seed=7)
 DIGITS_NFES = range(5, 11)  # untuned budgets: which one the tuned NFE 5 matches
@@ -173,28 +177,79 @@ def transfer_rows(configs_a, target_b, label):
     return rows
 
 
+def compare_on_digits(model, labels, metrics, args) -> dict:
+    """The 500-call teacher, every untuned solver at NFE 5 to 10 and the tuner's NFE 5 on one
+    digits model from the same noises: FID, and RMSE and Frechet distance to the teacher; the
+    tuned FID minus the best untuned NFE 10 FID and minus the teacher's, with paired-bootstrap
+    intervals."""
+    from fewstep.quality import frechet_difference, frechet_distance, teacher
+
+    noise = fewstep.randn((len(labels), *model.image_shape), seed=1000)
+    cond, uncond = class_inputs(model, labels)
+    reference = teacher(model, noise, cond=cond, uncond=uncond)
+    reference_features = metrics.features(reference)
+    info = dict(model=model.name, guidance=model.guidance.scale)
+
+    def scored(x):
+        # the distance to the teacher's own samples from the same noises: a sampler's error
+        # at the level of the distribution, where FID against data mixes in the model's
+        features = metrics.features(x)
+        return features, dict(
+            fid=frechet_distance(features, metrics.reference),
+            rmse=_held_out(x, reference),
+            fd_teacher=frechet_distance(features, reference_features),
+        )
+
+    untuned, tens = [], {}
+    for solver in DIGITS_SOLVERS:
+        for n in DIGITS_NFES:
+            x = fewstep.sample(model, noise, solver=solver, nfe=n, cond=cond, uncond=uncond)
+            features, scores = scored(x)
+            untuned.append(dict(**info, solver=solver, nfe=n, **scores))
+            if n == 10:
+                tens[solver] = features
+    best_10 = min((r for r in untuned if r["nfe"] == 10), key=lambda r: r["fid"])["solver"]
+    start = time.perf_counter()
+    cal = fewstep.randn((args.digits_calibration, *model.image_shape), seed=2000)
+    cal_labels = torch.arange(args.digits_calibration) % 10
+    config, calls = _tune(model, 5, cal, None, args, *class_inputs(model, cal_labels))
+    seconds = time.perf_counter() - start
+    x = fewstep.sample(model, noise, config=config, cond=cond, uncond=uncond)
+    features, scores = scored(x)
+    tuned = dict(
+        **info,
+        nfe=5,
+        **scores,
+        fid_best_10=best_10,
+        fid_minus_best_10=frechet_difference(features, tens[best_10], metrics.reference),
+        fid_minus_teacher=frechet_difference(features, reference_features, metrics.reference),
+        accuracy=metrics.accuracy(x, labels),
+        first_step=config.meta["first_step"],
+        calibration_calls=calls,
+        calibration_seconds=seconds,
+    )
+    print(f"[{model.name} w={model.guidance.scale:g}] tuned NFE 5: {tuned}", flush=True)
+    teacher_fid = frechet_distance(reference_features, metrics.reference)
+    return dict(
+        untuned=untuned,
+        tuned=tuned,
+        teacher=teacher_fid,
+        config=config,
+        noise=noise,
+        reference=reference,
+        scored=lambda x: scored(x)[1],
+    )
+
+
 def digits_rows(args):
-    """Tuned NFE 5 against every untuned solver at NFE 5 to 10 on digits-unet: FID, and
-    RMSE and Frechet distance to the 500-call teacher from the same noises; then transfer
-    across guidance."""
+    """Tuned NFE 5 against every untuned solver at NFE 5 to 10 on digits-unet at each guidance
+    scale; then transfer across guidance, held-out classes and the tuner fitted to test noises."""
     from fewstep.models import load
-    from fewstep.quality import digits_metrics, frechet_distance, teacher
+    from fewstep.quality import digits_metrics
 
     metrics = digits_metrics()
     per_class = args.digits_samples // 10
     labels = torch.arange(10).repeat_interleave(per_class)
-    cal_labels = torch.arange(args.digits_calibration) % 10
-
-    def scored(x, scale):
-        # the distance to the teacher's own samples from the same noises: a sampler's error
-        # at the level of the distribution, where FID against data mixes in the model's
-        features = metrics.features(x)
-        return dict(
-            fid=frechet_distance(features, metrics.reference),
-            rmse=_held_out(x, references[scale]),
-            fd_teacher=frechet_distance(features, reference_features[scale]),
-        )
-
     results = {
         "untuned": [],
         "tuned": [],
@@ -202,62 +257,56 @@ def digits_rows(args):
         "in_sample": [],
         "held_out_classes": [],
         "teacher": {},
-        "configs": {},
+        "floor": metrics.floor(labels),
     }
-    results["floor"] = metrics.floor(labels)
-    references, reference_features = {}, {}
+    runs = {}
     for scale in args.guidance:
         model = load("digits-unet", guidance_scale=scale)
-        noise = fewstep.randn((len(labels), *model.image_shape), seed=1000)
-        cond, uncond = class_inputs(model, labels)
-        references[scale] = reference = teacher(model, noise, cond=cond, uncond=uncond)
-        reference_features[scale] = metrics.features(reference)
-        results["teacher"][scale] = frechet_distance(reference_features[scale], metrics.reference)
-        for solver in DIGITS_SOLVERS:
-            for n in DIGITS_NFES:
-                x = fewstep.sample(model, noise, solver=solver, nfe=n, cond=cond, uncond=uncond)
-                results["untuned"].append(
-                    dict(guidance=scale, solver=solver, nfe=n, **scored(x, scale))
-                )
-        tens = [r for r in results["untuned"] if r["guidance"] == scale and r["nfe"] == 10]
+        runs[scale] = run = compare_on_digits(model, labels, metrics, args)
+        results["untuned"] += run["untuned"]
+        results["tuned"].append(run["tuned"])
+        results["teacher"][scale] = run["teacher"]
+        noise, reference = run["noise"], run["reference"]
+        tens = [r for r in run["untuned"] if r["nfe"] == 10]
         best_untuned_10 = min(tens, key=lambda r: r["rmse"])["solver"]
-        start = time.perf_counter()
-        cal = fewstep.randn((args.digits_calibration, *model.image_shape), seed=2000)
-        config, calls = _tune(model, 5, cal, None, args, *class_inputs(model, cal_labels))
-        x = fewstep.sample(model, noise, config=config, cond=cond, uncond=uncond)
-        results["tuned"].append(
-            dict(
-                guidance=scale,
-                nfe=5,
-                **scored(x, scale),
-                accuracy=metrics.accuracy(x, labels),
-                first_step=config.meta["first_step"],
-                calibration_calls=calls,
-                calibration_seconds=time.perf_counter() - start,
-            )
-        )
-        results["configs"][scale] = config
-        print(f"[digits w={scale}] tuned NFE 5: {results['tuned'][-1]}", flush=True)
         results["held_out_classes"].append(
             held_out_classes(
-                model, noise, labels, reference, config, best_untuned_10, metrics, args
+                model, noise, labels, reference, run["config"], best_untuned_10, metrics, args
             )
         )
         print(f"[digits w={scale}] unseen classes: {results['held_out_classes'][-1]}", flush=True)
         results["in_sample"].append(
-            fitted_to_test(model, noise, labels, reference, config, best_untuned_10, args)
+            fitted_to_test(model, noise, labels, reference, run["config"], best_untuned_10, args)
         )
         print(f"[digits w={scale}] tuned on test noises: {results['in_sample'][-1]}", flush=True)
-    cond, uncond = class_inputs(model, labels)
-    for tuned_at, config in results.pop("configs").items():
-        for scale in args.guidance:
+    for tuned_at, tuned in runs.items():
+        for scale, run in runs.items():
             if scale != tuned_at:
                 model = load("digits-unet", guidance_scale=scale)
-                noise = fewstep.randn((len(labels), *model.image_shape), seed=1000)
-                x = fewstep.sample(model, noise, config=config, cond=cond, uncond=uncond)
-                results["transfer"].append(
-                    dict(tuned_at=tuned_at, guidance=scale, **scored(x, scale))
+                cond, uncond = class_inputs(model, labels)
+                x = fewstep.sample(
+                    model, run["noise"], config=tuned["config"], cond=cond, uncond=uncond
                 )
+                results["transfer"].append(
+                    dict(tuned_at=tuned_at, guidance=scale, **run["scored"](x))
+                )
+    return results
+
+
+def model_rows(args):
+    """Tuned NFE 5 against every untuned solver at NFE 5 to 10 on each embedded digits model
+    at guidance 1 (each model's conditional prediction, unguided)."""
+    from fewstep.models import load
+    from fewstep.quality import digits_metrics
+
+    metrics = digits_metrics()
+    labels = torch.arange(10).repeat_interleave(args.digits_samples // 10)
+    results = {"untuned": [], "tuned": [], "teacher": {}, "floor": metrics.floor(labels)}
+    for name in args.models:
+        run = compare_on_digits(load(name), labels, metrics, args)
+        results["untuned"] += run["untuned"]
+        results["tuned"].append(run["tuned"])
+        results["teacher"][name] = run["teacher"]
     return results
 
 
@@ -349,24 +398,69 @@ def _made_by(meta: dict) -> str:
     )
 
 
-def _matching_nfe(best: dict, guidance: float, value: float, metric: str = "rmse") -> str:
+def _best_untuned(rows: list[dict], by: str) -> dict:
+    """The best untuned row per (``by``, NFE, metric) for FID, RMSE and distance to the
+    teacher; ``by`` is the guidance scale or the model."""
+    best = {}
+    for r in rows:
+        for metric in ("fid", "rmse", "fd_teacher"):
+            key = (r[by], r["nfe"], metric)
+            if key not in best or r[metric] < best[key][metric]:
+                best[key] = r
+    return best
+
+
+def _interval(difference: list[float]) -> str:
+    point, low, high = difference
+    return f"{point:+.2f} ({low:+.2f} to {high:+.2f})"
+
+
+def _digits_measures(section: dict) -> str:
+    """What a digits section's samples and metrics are."""
+    return (
+        f"{section['meta']['digits_samples']} samples (equal classes). FID: classifier features "
+        "against the held-out test digits (real-data floor at this size and class mix: "
+        f"{section['floor']:.2f}). RMSE and Frechet distance: to the 500-call teacher from the "
+        f"same noises. Best untuned: the best of {', '.join(DIGITS_SOLVERS)} for that metric."
+    )
+
+
+def _fid_intervals(tuned: list[dict], by: str, teacher: dict) -> list[str]:
+    """The tuned NFE 5 FID against the best untuned NFE 10 FID and the teacher's, with the
+    paired-bootstrap 95% intervals of the differences (rows 1000 samples, reference 360)."""
+    lines = [
+        f"| {by} | tuned NFE 5 FID | best untuned NFE 10 FID | tuned minus it (95% interval) | "
+        "teacher FID | tuned minus the teacher (95% interval) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in tuned:
+        best_10 = t["fid"] - t["fid_minus_best_10"][0]
+        lines.append(
+            f"| {t[by]:{'g' if by == 'guidance' else ''}} | {t['fid']:.2f} | "
+            f"{best_10:.2f} ({t['fid_best_10']}) | {_interval(t['fid_minus_best_10'])} | "
+            f"{teacher[str(t[by])]:.2f} | {_interval(t['fid_minus_teacher'])} |"
+        )
+    return lines
+
+
+def _matching_nfe(best: dict, key, value: float, metric: str = "rmse") -> str:
     """The fewest untuned calls whose best solver's ``metric`` is at most ``value``."""
     for n in DIGITS_NFES:
-        row = best[(guidance, n, metric)]
+        row = best[(key, n, metric)]
         if row[metric] <= value:
             return f"{n} ({row['solver']})"
     return f"more than {DIGITS_NFES[-1]}"
 
 
-def _five_ten(best: dict, guidance: float, metric: str, spec: str) -> str:
+def _five_ten(best: dict, key, metric: str, spec: str) -> str:
     """The best untuned ``metric`` at 5 and at 10 calls, with the solvers that reach them."""
-    rows = [best[(guidance, n, metric)] for n in (5, 10)]
+    rows = [best[(key, n, metric)] for n in (5, 10)]
     return " / ".join(f"{r[metric]:{spec}} ({r['solver']})" for r in rows)
 
 
 def report(sections: dict) -> str:
     lines = ["# Tuner benchmark", ""]
-    mixtures, digits = sections.get("mixtures"), sections.get("digits")
+    mixtures, digits, models = (sections.get(k) for k in SECTIONS)
     gmm, unseen, transfer = (
         (mixtures["gmm"], mixtures["unseen"], mixtures["transfer"]) if mixtures else ([], [], [])
     )
@@ -448,22 +542,13 @@ def report(sections: dict) -> str:
         ]
         lines += ["", note, ""]
     if digits:
-        best = {}
-        for r in digits["untuned"]:
-            for metric in ("fid", "rmse", "fd_teacher"):
-                key = (r["guidance"], r["nfe"], metric)
-                if key not in best or r[metric] < best[key][metric]:
-                    best[key] = r
+        best = _best_untuned(digits["untuned"], "guidance")
         lines += [
             "## Embedded digits-unet",
             "",
             _made_by(digits["meta"]),
             "",
-            f"{digits['meta']['digits_samples']} samples (equal classes). FID: classifier "
-            "features against the held-out test digits (real-data floor at this size and class "
-            f"mix: {digits['floor']:.2f}). RMSE: against the 500-call teacher from the same "
-            "noises. Best untuned: the best of "
-            f"{', '.join(DIGITS_SOLVERS)} for that metric.",
+            _digits_measures(digits),
             "",
             "| guidance | teacher FID | tuned NFE 5 FID | best untuned NFE 5 / 10 FID | "
             "tuned NFE 5 RMSE | best untuned NFE 5 / 10 RMSE | untuned NFE for the tuned RMSE | "
@@ -549,6 +634,43 @@ def report(sections: dict) -> str:
                     f"| {r['tuned_at']:g} | {r['guidance']:g} | {r['fid']:.2f} | "
                     f"{r['rmse']:.4f} | {best[(r['guidance'], 5, 'rmse')]['rmse']:.4f} |"
                 )
+        if "fid_minus_best_10" in digits["tuned"][0]:
+            lines += [
+                "",
+                "The tuned NFE 5 FID against the best untuned NFE 10 FID and the teacher's, "
+                "with paired-bootstrap 95% intervals on the differences:",
+                "",
+                *_fid_intervals(digits["tuned"], "guidance", digits["teacher"]),
+            ]
+        lines.append("")
+    if models:
+        best = _best_untuned(models["untuned"], "model")
+        lines += [
+            "## Every embedded digits model",
+            "",
+            _made_by(models["meta"]),
+            "",
+            "Guidance 1 (each model's conditional prediction). "
+            + _digits_measures(models)
+            + " FID differences: paired bootstrap over the samples (the same noises for both "
+            "samplers) and over the held-out digits.",
+            "",
+            *_fid_intervals(models["tuned"], "model", models["teacher"]),
+            "",
+            "| model | tuned NFE 5 RMSE | best untuned NFE 5 / 10 RMSE | untuned NFE for the "
+            "tuned RMSE | tuned distance to the teacher | best untuned NFE 5 / 10 | untuned NFE "
+            "for the tuned distance | first step | calibration |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {t['model']} | **{t['rmse']:.4f}** | {_five_ten(best, t['model'], 'rmse', '.4f')} "
+            f"| {_matching_nfe(best, t['model'], t['rmse'])} | **{t['fd_teacher']:.3f}** | "
+            f"{_five_ten(best, t['model'], 'fd_teacher', '.3f')} | "
+            f"{_matching_nfe(best, t['model'], t['fd_teacher'], 'fd_teacher')} | "
+            f"{t['first_step']} | {t['calibration_calls']} calls, "
+            f"{t['calibration_seconds']:.0f} s |"
+            for t in models["tuned"]
+        ]
         lines.append("")
     return "\n".join(lines)
 
@@ -613,6 +735,13 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0])
     parser.add_argument("--test-fit-samples", type=int, default=100)
     parser.add_argument(
+        "--models",
+        nargs="+",
+        default=list(DIGITS_MODELS),
+        choices=DIGITS_MODELS,
+        help="the models section's models",
+    )
+    parser.add_argument(
         "--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS, help="what to run"
     )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -621,12 +750,15 @@ def main() -> None:
         args.nfes, args.samples, args.calibration, args.iterations = [5], 64, 32, 20
         args.digits_calibration = 32
         args.digits_samples, args.guidance, args.test_fit_samples = 200, [1.0, 2.0], 20
+        args.models = ["digits-flow"]
     out = Path(args.out)
     suffix = "_quick" if args.quick else ""
     command = "python bench/tuner.py " + " ".join(sys.argv[1:])
     for section in args.sections:
         start = time.perf_counter()
-        data = run_mixtures(args) if section == "mixtures" else digits_rows(args)
+        data = {"mixtures": run_mixtures, "digits": digits_rows, "models": model_rows}[section](
+            args
+        )
         data["meta"] = dict(
             command=command.strip(),
             minutes=(time.perf_counter() - start) / 60,

@@ -13,6 +13,7 @@ from fewstep.errors import ArgumentError
 from fewstep.quality import (
     TEACHER_NFE,
     digits_metrics,
+    frechet_difference,
     frechet_distance,
     teacher,
     teacher_rmse,
@@ -46,6 +47,24 @@ def test_frechet_distance_equals_the_sqrtm_formula_and_takes_singular_covariance
         assert np.isfinite(frechet_distance(a[:5], b))
     with pytest.raises(ArgumentError, match="features"):
         frechet_distance(a, b[:, :3])
+
+
+def test_frechet_difference_interval_separates_a_shift_from_sampling_noise():
+    rng = np.random.default_rng(2)
+    reference = rng.normal(size=(360, 6))
+    noise = rng.normal(size=(1000, 6))
+    same = noise + rng.normal(size=noise.shape) * 0.05  # another sampler, same distribution
+    point, low, high = frechet_difference(same, noise, reference, draws=200)
+    assert low < 0 < high and low <= point <= high
+    assert frechet_difference(noise, noise, reference, draws=50) == (0.0, 0.0, 0.0)
+    shifted = noise + 0.3  # only the mean term moves: |m + 0.3 - r|^2 - |m - r|^2
+    exact = 6 * 0.3**2 + 2 * 0.3 * (noise.mean(0) - reference.mean(0)).sum()
+    point, low, high = frechet_difference(shifted, noise, reference, draws=200)
+    assert 0 < low <= point <= high and point == pytest.approx(exact, rel=1e-9)
+    with pytest.raises(ArgumentError, match="b"):
+        frechet_difference(noise, noise[:10], reference)
+    with pytest.raises(ArgumentError, match="draws"):
+        frechet_difference(noise, noise, reference, draws=1)
 
 
 def test_fid_is_zero_for_identical_sets_and_grows_with_injected_noise(metrics):
