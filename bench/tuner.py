@@ -427,7 +427,7 @@ def _digits_measures(section: dict) -> str:
 
 def _fid_intervals(tuned: list[dict], by: str, teacher: dict) -> list[str]:
     """The tuned NFE 5 FID against the best untuned NFE 10 FID and the teacher's, with the
-    paired-bootstrap 95% intervals of the differences (rows 1000 samples, reference 360)."""
+    paired-bootstrap 95% intervals of the differences."""
     lines = [
         f"| {by} | tuned NFE 5 FID | best untuned NFE 10 FID | tuned minus it (95% interval) | "
         "teacher FID | tuned minus the teacher (95% interval) |",

@@ -84,11 +84,15 @@ def derive_seeds(keys: np.ndarray) -> np.ndarray:
     return out
 
 
+def _check_seeds(keys: Sequence[int]) -> None:
+    if not keys or any(not isinstance(k, (int, np.integer)) or not 0 <= k < 2**64 for k in keys):
+        raise ArgumentError("seed", f"seeds must be integers in [0, 2**64), got {keys}")
+
+
 def derive_seed(*keys: int) -> int:
     """A 63-bit seed from a tuple of integers (numpy's SeedSequence hashing): independent
     streams for (base seed, sample index), (sample seed, step), ..."""
-    if not keys or any(not isinstance(k, (int, np.integer)) or not 0 <= k < 2**64 for k in keys):
-        raise ArgumentError("seed", f"seeds must be integers in [0, 2**64), got {keys}")
+    _check_seeds(keys)
     return int(derive_seeds(np.array([keys], dtype=np.uint64))[0])
 
 
@@ -96,7 +100,7 @@ def sample_seeds(seed: SeedLike, batch: int) -> list[int]:
     """One seed per sample: an int seed s gives sample i the seed derive_seed(s, i); a
     sequence is used as given (its length must equal the batch)."""
     if isinstance(seed, (int, np.integer)):
-        derive_seed(int(seed))  # validates
+        _check_seeds([seed])
         keys = np.stack([np.full(batch, int(seed), np.uint64), np.arange(batch, dtype=np.uint64)])
         return derive_seeds(keys.T).tolist()
     seeds = [int(s) for s in seed]
@@ -104,8 +108,7 @@ def sample_seeds(seed: SeedLike, batch: int) -> list[int]:
         raise ArgumentError(
             "seed", f"got {len(seeds)} seeds for a batch of {batch}", "one per sample"
         )
-    for s in seeds:
-        derive_seed(s)  # validates
+    _check_seeds(seeds)
     return seeds
 
 

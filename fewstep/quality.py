@@ -39,6 +39,10 @@ def _psd_sqrt(c: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
+def _float64(features: Tensor | np.ndarray) -> np.ndarray:
+    return np.asarray(torch.as_tensor(features).double().cpu(), dtype=np.float64)
+
+
 def frechet_distance(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> float:
     """||mu_a - mu_b||^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)) between Gaussian fits of two
     feature sets (n, d), in float64.
@@ -48,7 +52,7 @@ def frechet_distance(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> float:
     number as ``scipy.linalg.sqrtm(C_a @ C_b).real.trace()``, but exact when a covariance
     is singular (dead ReLU features, fewer samples than features), where sqrtm warns.
     """
-    a, b = (np.asarray(torch.as_tensor(v).double().cpu(), dtype=np.float64) for v in (a, b))
+    a, b = _float64(a), _float64(b)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
         raise ArgumentError(
             "features", f"need two (n >= 2, d) sets of one width, got {a.shape} and {b.shape}"
@@ -78,9 +82,7 @@ def frechet_difference(
     interval holds the sampling error of the generated sets and of the reference: whether
     one FID is below another by more than the noise of a few hundred or thousand samples.
     """
-    a, b, reference = (
-        np.asarray(torch.as_tensor(v).double().cpu(), dtype=np.float64) for v in (a, b, reference)
-    )
+    a, b, reference = _float64(a), _float64(b), _float64(reference)
     if a.shape != b.shape:
         raise ArgumentError("b", f"need one row per row of a, got {b.shape} and {a.shape}")
     if draws < 2:
