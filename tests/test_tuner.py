@@ -23,6 +23,7 @@ from fewstep.tuner import SamplerConfig, Teacher, calibration_loss, gradient, re
 from fewstep.tuner.config import Correction, corrected
 from fewstep.tuner.finish import fit_finish, run_features
 from fewstep.tuner.gradient import held_out_split, refine
+from fewstep.tuner.grid import step_costs
 from fewstep.tuner.tune import _TEACHERS, _fit_gaussian, teacher_for
 
 
@@ -206,6 +207,33 @@ def test_methods_and_the_teacher_cache(setup):
         grid_only.meta["calibration_rmse"] <= grid_only.meta["calibration_rmse_start"]
     )  # never worse
     assert len(_TEACHERS) >= 1
+
+
+def test_step_costs_are_ddim_step_errors_cached_per_target():
+    pb = problem("gmm-vp", dim=8, components=3, seed=6)
+    model = pb.model()
+    teacher = Teacher.solve(model, pb.noise(16, seed=4), points=8, refine=1)
+    cost, end = step_costs(model, teacher)
+    # the cost of a step is the error of the DDIM sampler's step between those teacher points
+    a, b = 2, 5
+    step = fewstep.sample(
+        model,
+        teacher.states[a],
+        solver="ddim",
+        nfe=2,
+        spacing=teacher.times[[a, b]],
+        return_trajectory=True,
+    ).states[1]
+    alpha, sigma = model.schedule.alpha_sigma(teacher.times[b])
+    frame = alpha - model.schedule.classical_k * sigma
+    expected = ((step - teacher.states[b]) / frame).pow(2).mean()
+    assert float(cost[a, b]) == pytest.approx(float(expected), rel=1e-5)
+    assert bool(torch.isinf(cost[b, a])) and float(end[-1]) < float(end[0])
+    calls = model.nfe
+    assert step_costs(model, teacher)[0] is cost and model.nfe == calls  # cached
+    other = replace(teacher, target=teacher.target + 1.0)  # another target: only the end moves
+    cost_other, end_other = step_costs(model, other)
+    assert torch.equal(cost_other, cost) and not torch.equal(end_other, end)
 
 
 def test_config_refuses_other_models_and_options(setup):

@@ -10,6 +10,8 @@ the target. The path of n points from t_max with the least total cost is the gri
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import Tensor
 
@@ -22,23 +24,37 @@ def _mean_sq(x: Tensor) -> Tensor:
 
 
 def step_costs(model: Model, teacher: Teacher) -> tuple[Tensor, Tensor]:
-    """(cost[a, b] of a DDIM step a -> b, end cost[e])."""
+    """(cost[a, b] of a DDIM step a -> b, end cost[e]), computed once per teacher and target
+    and cached on the teacher."""
+    key = hashlib.sha1(teacher.target.detach().cpu().numpy().tobytes()).hexdigest()
+    if key not in teacher.costs:
+        teacher.costs[key] = _step_costs(model, teacher)
+    return teacher.costs[key]
+
+
+def _step_costs(model: Model, teacher: Teacher) -> tuple[Tensor, Tensor]:
+    """The costs, point by point: the model's data prediction at one teacher state at a time
+    (T x batch calls), so no (T, batch, ...) stack of predictions is held."""
     schedule = model.schedule
     pts = points(schedule, teacher.times)
-    data = teacher.predictions(model)
-    alpha = torch.tensor([p.alpha for p in pts], dtype=teacher.states.dtype)
-    sigma = torch.tensor([p.sigma for p in pts], dtype=teacher.states.dtype)
+    states = teacher.states
+    alpha = torch.tensor([p.alpha for p in pts], dtype=states.dtype)
+    sigma = torch.tensor([p.sigma for p in pts], dtype=states.dtype)
     frame = alpha - schedule.classical_k * sigma
-    shape = (-1, *([1] * (teacher.states.ndim - 1)))
+    shape = (-1, *([1] * (states.ndim - 1)))
     n = len(pts)
     cost = torch.full((n, n), float("inf"), dtype=torch.float64)
-    for a in range(n - 1):
+    end = torch.empty(n, dtype=torch.float64)
+    for a, point in enumerate(pts):
+        with torch.no_grad():
+            data = model.evaluate(states[a], point, teacher.cond, teacher.uncond).data
+        end[a] = _mean_sq((data - teacher.target)[None])[0].double()
+        if a == n - 1:
+            break
         ratio = (sigma[a + 1 :] / sigma[a]).view(shape)
         coef = (alpha[a + 1 :] - alpha[a] * sigma[a + 1 :] / sigma[a]).view(shape)
-        pred = ratio * teacher.states[a] + coef * data[a]
-        err = (pred - teacher.states[a + 1 :]) / frame[a + 1 :].view(shape)
+        err = (ratio * states[a] + coef * data - states[a + 1 :]) / frame[a + 1 :].view(shape)
         cost[a, a + 1 :] = _mean_sq(err).double()
-    end = _mean_sq(data - teacher.target).double()
     return cost, end
 
 

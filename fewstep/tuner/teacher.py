@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..generation import Sampler, sample_batched
-from ..model import Model, points
+from ..model import Model
 from ..spacing import Warped
 
 
@@ -32,9 +32,9 @@ class Teacher:
     seconds: float
     cond: Mapping[str, Any] | None = None
     uncond: Mapping[str, Any] | None = None
-    # the model's data predictions at the states, computed once: copies made with
-    # dataclasses.replace (another target) share this dict, so every budget reuses them
-    _predictions: dict = field(default_factory=dict, repr=False, compare=False)
+    # the grid search's step costs, per target (fewstep.tuner.grid.step_costs): copies made
+    # with dataclasses.replace (another target) share this dict, so every budget reuses them
+    costs: dict = field(default_factory=dict, repr=False, compare=False)
 
     def start(self, schedule) -> Tensor:
         """The float64 starting state of every sampler fitted to this teacher."""
@@ -50,18 +50,6 @@ class Teacher:
             if isinstance(v, Tensor) and v.shape == (batch,) and not v.is_floating_point()
         ]
         return labelled[0] if len(labelled) == 1 else None
-
-    def predictions(self, model: Model) -> Tensor:
-        """(T, batch, ...) the model's data prediction at every state (T x batch calls, once)."""
-        if "data" not in self._predictions:
-            with torch.no_grad():
-                self._predictions["data"] = torch.stack(
-                    [
-                        model.evaluate(self.states[k], p, self.cond, self.uncond).data
-                        for k, p in enumerate(points(model.schedule, self.times))
-                    ]
-                )
-        return self._predictions["data"]
 
     @classmethod
     def solve(
