@@ -553,6 +553,14 @@ def test_the_order_search_runs_no_trial_that_compiles_to_the_current_sampler(set
     assert best.loss <= start.loss and len(best.options["orders"]) == size - 1
 
 
+def test_tune_command_calibrates_exact_problems_on_more_noises_than_networks():
+    from fewstep.tuner.cli import calibration_count
+
+    assert calibration_count("gmm-vp", None) == 1024 and calibration_count("gmm-flow", None) == 1024
+    assert calibration_count("digits-unet", None) == 64
+    assert calibration_count("gmm-vp", 8) == 8  # given: kept
+
+
 def test_tune_command_writes_a_config_that_sample_accepts(tmp_path, capsys):
     from fewstep.cli import main
 
