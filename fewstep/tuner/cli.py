@@ -16,7 +16,7 @@ from .tune import METHODS, tune
 #: calibration noises when ``--calibration`` is not given: an exact problem's calls are cheap
 #: and 64 noises overfit it (gmm-vp at 5 calls: held-out RMSE 8.9e-3 from 64 noises, 7.6e-3
 #: from 1024, where the calibration RMSE printed was 5x and 1.3x below it); a network's are not
-DEFAULT_CALIBRATION = {"gmm": 1024}
+EXACT_CALIBRATION = 1024
 NETWORK_CALIBRATION = 64
 
 
@@ -26,7 +26,7 @@ def calibration_count(name: str, given: int | None) -> int:
 
     if given is not None:
         return given
-    return DEFAULT_CALIBRATION.get(sources.kind(name), NETWORK_CALIBRATION)
+    return EXACT_CALIBRATION if sources.kind(name) == "gmm" else NETWORK_CALIBRATION
 
 
 def _calibration(name: str, count: int, seed: int, guidance: float):
@@ -94,7 +94,7 @@ def add_parser(subparsers) -> None:
         "--calibration",
         type=int,
         default=None,
-        help=f"number of calibration noises (default {DEFAULT_CALIBRATION['gmm']} for an exact "
+        help=f"number of calibration noises (default {EXACT_CALIBRATION} for an exact "
         f"problem, {NETWORK_CALIBRATION} for a network)",
     )
     p.add_argument("--seed", type=int, default=11, help="seed of the calibration noises")
