@@ -209,6 +209,31 @@ def test_methods_and_the_teacher_cache(setup):
     assert len(_TEACHERS) >= 1
 
 
+def test_teacher_cache_tells_guidance_scales_and_conditions_apart():
+    """One network under two guidance scales, or with labels that differ only mid-batch,
+    gets its own teacher; the same inputs again reuse it."""
+    pb = problem("gmm-vp", dim=4, components=2, seed=3)
+    net = pb.model().fn
+
+    def fn(x, t, y):
+        return net(x, t) + 0.1 * y.to(x).view(-1, 1)
+
+    noise = pb.noise(1200, seed=5)
+    labels = torch.zeros(1200, dtype=torch.long)
+    other = labels.clone()
+    other[600] = 1  # the same printed summary (first and last entries)
+    assert repr({"y": labels}) == repr({"y": other})
+    null = {"y": torch.full((1200,), 2)}
+    teachers = []
+    for scale, y in ((1.0, labels), (3.0, labels), (3.0, other), (3.0, labels)):
+        model = fewstep.Model(fn, pb.schedule, "epsilon", guidance_scale=scale)
+        teachers.append(teacher_for(model, noise, {"y": y}, null))
+    assert teachers[3] is teachers[1]  # reused for equal inputs
+    assert len({id(t) for t in teachers[:3]}) == 3
+    assert not torch.equal(teachers[0].target, teachers[1].target)
+    assert not torch.equal(teachers[1].target[600], teachers[2].target[600])
+
+
 def test_step_costs_are_ddim_step_errors_cached_per_target():
     pb = problem("gmm-vp", dim=8, components=3, seed=6)
     model = pb.model()

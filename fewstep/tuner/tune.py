@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -61,14 +61,35 @@ CAUTIOUS = {"lr_times": 3e-3, "lr_coefficients": 1e-3}
 _TEACHERS: dict[tuple, Teacher] = {}
 
 
-def _key(model: Model, noise: Tensor, cond) -> tuple:
-    digest = hashlib.sha1(noise.detach().cpu().numpy().tobytes()).hexdigest()
+def _digest(value) -> str:
+    """A content digest of noises or conditioning inputs (tensors by their bytes, shape and
+    dtype; mappings item by item; anything else by its repr)."""
+    h = hashlib.sha1()
+    if isinstance(value, Tensor):
+        h.update(repr((tuple(value.shape), value.dtype)).encode())
+        h.update(value.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, Mapping):
+        for k in sorted(value, key=str):
+            h.update(repr(k).encode() + _digest(value[k]).encode())
+    else:
+        h.update(repr(value).encode())
+    return h.hexdigest()
+
+
+def _key(model: Model, noise: Tensor, cond, uncond) -> tuple:
+    """What a teacher depends on: the network (held, so its id cannot be reused), everything
+    the model applies around it (guidance, thresholding, dtype), the schedule and the
+    inputs by content."""
     return (
-        id(model.fn),
+        model.fn if isinstance(model.fn, Hashable) else id(model.fn),
         model.prediction,
-        repr(model.schedule.config())[:200],
-        digest,
-        repr(cond)[:200],
+        model.guidance,
+        repr(model.thresholding),
+        model.dtype,
+        repr(model.schedule.config()),
+        _digest(noise),
+        _digest(cond),
+        _digest(uncond),
     )
 
 
@@ -79,9 +100,10 @@ def _check_calibration(calibration) -> None:
 
 
 def teacher_for(model: Model, noise: Tensor, cond=None, uncond=None) -> Teacher:
-    """The teacher for these calibration inputs, computed once per (model, noises) and cached
-    in memory so that tuning several budgets reuses it (``tune`` swaps in a given target)."""
-    key = _key(model, noise, cond)
+    """The teacher for these calibration inputs, computed once per model (network, guidance,
+    schedule) and inputs (noises and conditions, by content) and cached in memory so that
+    tuning several budgets reuses it (``tune`` swaps in a given target)."""
+    key = _key(model, noise, cond, uncond)
     if key not in _TEACHERS:
         _TEACHERS[key] = Teacher.solve(model, noise, cond=cond, uncond=uncond)
     return _TEACHERS[key]
@@ -184,7 +206,7 @@ def tune(
         raise ArgumentError("nfe", f"tuning needs at least 2 model calls, got {nfe!r}")
     _check_calibration(calibration)
     start_time = time.perf_counter()
-    cached = teacher is not None or _key(model, calibration, cond) in _TEACHERS
+    cached = teacher is not None or _key(model, calibration, cond, uncond) in _TEACHERS
     teacher = teacher or teacher_for(model, calibration, cond, uncond)
     calls_before = model.nfe  # after the teacher: its calls are reported apart
     if target is not None:
