@@ -10,13 +10,11 @@ the target. The path of n points from t_max with the least total cost is the gri
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 from torch import Tensor
 
 from ..model import Model, points
-from .teacher import Teacher
+from .teacher import Teacher, content_digest
 
 
 def _mean_sq(x: Tensor) -> Tensor:
@@ -26,7 +24,7 @@ def _mean_sq(x: Tensor) -> Tensor:
 def step_costs(model: Model, teacher: Teacher) -> tuple[Tensor, Tensor]:
     """(cost[a, b] of a DDIM step a -> b, end cost[e]), computed once per teacher and target
     and cached on the teacher."""
-    key = hashlib.sha1(teacher.target.detach().cpu().numpy().tobytes()).hexdigest()
+    key = content_digest(teacher.target)
     if key not in teacher.costs:
         teacher.costs[key] = _step_costs(model, teacher)
     return teacher.costs[key]

@@ -7,6 +7,7 @@ to. On an exact-reference problem the target can be the exact ODE solution inste
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,21 @@ from torch import Tensor
 from ..generation import Sampler, sample_batched
 from ..model import Model
 from ..spacing import Warped
+
+
+def content_digest(value) -> str:
+    """A digest of noises, targets or conditioning inputs by content, for cache keys (tensors
+    by their bytes, shape and dtype, any dtype; mappings item by item; else their repr)."""
+    h = hashlib.sha1()
+    if isinstance(value, Tensor):
+        h.update(repr((tuple(value.shape), value.dtype)).encode())
+        h.update(value.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, Mapping):
+        for k in sorted(value, key=str):
+            h.update(repr(k).encode() + content_digest(value[k]).encode())
+    else:
+        h.update(repr(value).encode())
+    return h.hexdigest()
 
 
 @dataclass

@@ -23,7 +23,6 @@ once refined.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Hashable, Mapping
 from dataclasses import replace
@@ -45,7 +44,7 @@ from .config import Correction, SamplerConfig
 from .finish import fit_finish
 from .gradient import refine, sample_rmse
 from .grid import dp_grid, step_costs
-from .teacher import Teacher
+from .teacher import Teacher, content_digest
 
 METHODS = ("grid", "orders", "coefficients", "full")
 #: solvers the order search starts from (those that take per-step ``orders``)
@@ -61,21 +60,6 @@ CAUTIOUS = {"lr_times": 3e-3, "lr_coefficients": 1e-3}
 _TEACHERS: dict[tuple, Teacher] = {}
 
 
-def _digest(value) -> str:
-    """A content digest of noises or conditioning inputs (tensors by their bytes, shape and
-    dtype; mappings item by item; anything else by its repr)."""
-    h = hashlib.sha1()
-    if isinstance(value, Tensor):
-        h.update(repr((tuple(value.shape), value.dtype)).encode())
-        h.update(value.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    elif isinstance(value, Mapping):
-        for k in sorted(value, key=str):
-            h.update(repr(k).encode() + _digest(value[k]).encode())
-    else:
-        h.update(repr(value).encode())
-    return h.hexdigest()
-
-
 def _key(model: Model, noise: Tensor, cond, uncond) -> tuple:
     """What a teacher depends on: the network (held, so its id cannot be reused), everything
     the model applies around it (guidance, thresholding, dtype), the schedule and the
@@ -87,9 +71,9 @@ def _key(model: Model, noise: Tensor, cond, uncond) -> tuple:
         repr(model.thresholding),
         model.dtype,
         repr(model.schedule.config()),
-        _digest(noise),
-        _digest(cond),
-        _digest(uncond),
+        content_digest(noise),
+        content_digest(cond),
+        content_digest(uncond),
     )
 
 
