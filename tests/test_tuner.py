@@ -127,21 +127,42 @@ def test_tuned_beats_the_plain_solver_on_held_out_noise(setup):
     assert tuned < plain
 
 
-def test_refinement_keeps_the_best_held_out_mean(setup):
-    """The kept parameters are judged by the mean error on the held-out quarter, every fourth
-    noise (the metric reported), and the starting parameters are among the candidates."""
+def test_refinement_keeps_its_end_unless_an_earlier_snapshot_is_clearly_better(setup, monkeypatch):
+    """The descent's end is kept unless an earlier snapshot (the start included) has a lower
+    held-out mean by ``SIGNIFICANCE`` standard errors; the value reported is the kept one's
+    mean error on the held-out quarter, every fourth noise (the metric reported)."""
     _, model, calibration, target, config = setup
     teacher = replace(teacher_for(model, calibration), target=target)
     solver = get_solver(config.solver, **config.options)
     gaussian = config.gaussian and GaussianData.from_record(config.gaussian)
-    times, corrections, calls, before, after = refine(
-        model, solver, 4, config.times, teacher, iterations=10, gaussian=gaussian
-    )
-    assert after <= before
-    kept = replace(config, times=times, corrections=corrections, call_times=calls)
     held = slice(3, 32, 4)  # every fourth of the 32 calibration noises
-    out = fewstep.sample(model, calibration[held], config=kept)
-    assert float(rmse(out, target[held]).mean()) == pytest.approx(after, rel=1e-9)
+
+    def descend(significance, **rates):
+        monkeypatch.setattr(gradient, "SIGNIFICANCE", significance)
+        times, corrections, calls, before, after = refine(
+            model, solver, 4, config.times, teacher, iterations=10, gaussian=gaussian, **rates
+        )
+        kept = replace(config, times=times, corrections=corrections, call_times=calls)
+        out = fewstep.sample(model, calibration[held], config=kept)
+        assert float(rmse(out, target[held]).mean()) == pytest.approx(after, rel=1e-9)
+        return times, before, after
+
+    end = descend(float("inf"))  # nothing beats the end
+    best = descend(0.0)  # any lower mean does: the best held-out snapshot
+    assert best[2] <= min(end[1], end[2])
+    assert descend(gradient.SIGNIFICANCE)[0] in (end[0], best[0])
+    # learning rates 300 times the default leave the sampler's domain (a non-finite model
+    # output) at once: the descent stops there and keeps the start instead of raising
+    wild = descend(gradient.SIGNIFICANCE, lr_times=10.0, lr_coefficients=0.6)
+    assert wild[0] == pytest.approx(config.times, rel=1e-12) and wild[2] == wild[1] == end[1]
+
+
+def test_clearly_better_needs_the_paired_difference_beyond_its_standard_error():
+    than = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert gradient.clearly_better(than - 0.1, than)
+    assert not gradient.clearly_better(than, than)
+    noisy = than + torch.tensor([-0.5, 0.6, -0.7, 0.5])  # lower mean, within the noise
+    assert noisy.mean() < than.mean() and not gradient.clearly_better(noisy, than)
 
 
 def test_a_large_calibration_is_fitted_in_minibatches(setup, monkeypatch):
@@ -504,10 +525,11 @@ def test_each_competitive_first_step_is_refined(setup, monkeypatch):
             assert len(set(refined)) == 1
 
 
-def test_a_lone_start_is_descended_twice_the_second_time_cautiously(setup, monkeypatch):
+def test_the_second_descent_starts_from_another_sampler(setup, monkeypatch):
     """Stage 3 starts from the searched sampler and the plain default; where they are the
-    same sampler (however its options spell it), the second descent is from it again with
-    the cautious learning rates, not a repeat of the first."""
+    same sampler (however its options spell it), the second descent starts from the
+    family's best candidate that is another sampler, and only without one repeats the first
+    at the cautious learning rates."""
     _, model, calibration, target, _ = setup
     tune_module = sys.modules["fewstep.tuner.tune"]
     size = get_solver("unipc", order=2).grid_size(4, False)
@@ -519,6 +541,8 @@ def test_a_lone_start_is_descended_twice_the_second_time_cautiously(setup, monke
         model, spelled, 4
     )
     assert tune_module._base_program(model, plain, 4) != tune_module._base_program(model, other, 4)
+    worse = tune_module.Candidate(3.0, "dpmpp_2m", {}, times, "default", None)
+    better = other._replace(loss=2.0)
     descents = []
     real = tune_module._refine
 
@@ -528,17 +552,16 @@ def test_a_lone_start_is_descended_twice_the_second_time_cautiously(setup, monke
 
     monkeypatch.setattr(tune_module, "_refine", spy)
     teacher = replace(teacher_for(model, calibration), target=target)
-    for searched in (spelled, other):
+    for searched, family, second in [
+        (spelled, [plain, worse, better], (better, {})),
+        (spelled, [plain], (spelled, tune_module.CAUTIOUS)),
+        (other, [plain, worse], (plain, {})),
+    ]:
         descents.clear()
         tune_module._search(
-            model, teacher, 4, "grid", 2, searched, plain, tqdm(total=0, disable=True)
+            model, teacher, 4, "grid", 2, searched, family, tqdm(total=0, disable=True)
         )
-        (first, first_rates), (second, second_rates) = descents
-        assert first == searched and first_rates == {}
-        if searched is spelled:
-            assert second == searched and second_rates == tune_module.CAUTIOUS
-        else:
-            assert second == plain and second_rates == {}
+        assert descents == [(searched, {}), second]
 
 
 def test_the_order_search_runs_no_trial_that_compiles_to_the_current_sampler(setup, monkeypatch):

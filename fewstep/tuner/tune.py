@@ -12,7 +12,8 @@ grid is the first candidate, so tuning never makes the calibration loss worse):
 3. gradient: times and per-step coefficient corrections through the sampler (bespoke
    solvers, learnable sampler distillation, DC-Solver's compensation), started from the
    searched sampler and from the plain default of its first step (where those are the same
-   sampler, from it twice: the second descent with smaller learning rates);
+   sampler, from that first step's best candidate that is another sampler: a descent's end
+   is chaotic, so two descents kept by their loss land in a poor basin far less often);
 4. finish: the result refitted as a combination of the last state and every evaluation's
    data prediction (a convex fit, fewstep.tuner.finish), where it lowers the held-out error.
 
@@ -52,9 +53,9 @@ CANDIDATES = [("unipc", {"order": 3}), ("unipc", {"order": 2}), ("dpmpp_3m", {})
 #: a first step (model call or analytic) is searched and refined when its best candidate's
 #: calibration loss is within this factor of the best of all candidates
 FAMILY_MARGIN = 1.3
-#: learning rates of the second descent from a lone start: the default rates can leap from
-#: a good basin into a worse one early on (the fitted mean is carried by the few samples
-#: that cross to another mode), and which of the two descents wins varies by problem
+#: learning rates of the second descent from a start that has no other candidate to pair
+#: with (method "coefficients"): the default rates can leap from a good basin into a worse
+#: one early on (the fitted mean is carried by the few samples that cross to another mode)
 CAUTIOUS = {"lr_times": 3e-3, "lr_coefficients": 1e-3}
 
 _TEACHERS: dict[tuple, Teacher] = {}
@@ -217,7 +218,7 @@ def tune(
         searched = min(family, key=lambda c: c.loss)
         if searched.loss > FAMILY_MARGIN * leader:
             continue
-        found = _search(model, teacher, nfe, method, iterations, searched, family[0], bar)
+        found = _search(model, teacher, nfe, method, iterations, searched, family, bar)
         if found[0].loss < best.loss:
             best, corrections, call_times = found
     if method in ("coefficients", "full"):
@@ -305,25 +306,32 @@ def _search(
     method: str,
     iterations: int,
     searched: Candidate,
-    default: Candidate,
+    family: list[Candidate],
     bar,
 ) -> tuple[Candidate, list, list[float] | None]:
     """Stages 2 and 3 from one first step's best candidate: per-step orders, then times and
-    coefficients through the sampler from the searched sampler and from the plain default
-    of that first step (the mean error is carried by the few samples a sampler sends to
-    another mode, and a start that trades typical accuracy for fewer of them can trap the
-    descent); where those are the same sampler, from it twice, the second time with
-    ``CAUTIOUS`` learning rates. Returns (best candidate, corrections, call times)."""
+    coefficients through the sampler from two starts, the searched sampler and the plain
+    default of that first step (``family[0]``; the mean error is carried by the few samples
+    a sampler sends to another mode, and a start that trades typical accuracy for fewer of
+    them can trap the descent). Where those are the same sampler, the second start is the
+    family's best candidate that is another: a descent's end is chaotic (float rounding
+    alone moves digits-unet at guidance 2 between basins a third apart), and two descents
+    from different starts rarely both end in a poor one. Without another candidate, the
+    second descent repeats the first at ``CAUTIOUS`` learning rates. Returns (best
+    candidate, corrections, call times)."""
     best, corrections, call_times = searched, [], None
     if method in ("orders", "full"):
         best = _search_orders(model, teacher, best, nfe)
     if method not in ("grid", "coefficients", "full"):
         return best, corrections, call_times
-    starts = [(best, {})]
-    if _base_program(model, default, nfe) != _base_program(model, best, nfe):
-        starts.append((default, {}))
-    else:  # one start: a second, cautious descent from it
-        starts.append((best, CAUTIOUS))
+    here = _base_program(model, best, nfe)
+    others = [c for c in family if _base_program(model, c, nfe) != here]
+    if _base_program(model, family[0], nfe) != here:
+        starts = [(best, {}), (family[0], {})]
+    elif others:
+        starts = [(best, {}), (min(others, key=lambda c: c.loss), {})]
+    else:
+        starts = [(best, {}), (best, CAUTIOUS)]
     bar.total += iterations * len(starts)
     for start, rates in starts:
         loss, times, start_corrections, start_calls = _refine(
