@@ -163,6 +163,8 @@ def test_clearly_better_needs_the_paired_difference_beyond_its_standard_error():
     assert not gradient.clearly_better(than, than)
     noisy = than + torch.tensor([-0.5, 0.6, -0.7, 0.5])  # lower mean, within the noise
     assert noisy.mean() < than.mean() and not gradient.clearly_better(noisy, than)
+    failed = torch.full((4,), float("inf"))
+    assert gradient.clearly_better(than, failed) and not gradient.clearly_better(failed, than)
 
 
 def test_a_large_calibration_is_fitted_in_minibatches(setup, monkeypatch):

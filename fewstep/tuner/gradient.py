@@ -65,6 +65,8 @@ def held_out_split(batch: int, labels: Tensor | None = None) -> tuple[Tensor, Te
 def clearly_better(errors: Tensor, than: Tensor, z: float = SIGNIFICANCE) -> bool:
     """Whether per-sample ``errors`` beat ``than`` (the same samples) on the mean by more
     than ``z`` standard errors of their paired difference."""
+    if not bool(torch.isfinite(than).all()):  # a failed snapshot loses to a finite one
+        return bool(torch.isfinite(errors).all())
     diff = than - errors
     if len(diff) < 2:
         return bool(diff.mean() > 0)
@@ -292,8 +294,7 @@ def refine(
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(held_out_mean=f"{float(last[0].mean()):.3e}")
-    end_failed = not bool(torch.isfinite(last[0]).all())
     held_errors, kept_times, kept_corrections, kept_calls = (
-        best if end_failed or clearly_better(best[0], last[0]) else last
+        best if clearly_better(best[0], last[0]) else last
     )
     return kept_times, kept_corrections, kept_calls, start, float(held_errors.mean())

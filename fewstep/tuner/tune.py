@@ -326,12 +326,11 @@ def _search(
         return best, corrections, call_times
     here = _base_program(model, best, nfe)
     others = [c for c in family if _base_program(model, c, nfe) != here]
-    if _base_program(model, family[0], nfe) != here:
-        starts = [(best, {}), (family[0], {})]
-    elif others:
-        starts = [(best, {}), (min(others, key=lambda c: c.loss), {})]
-    else:
+    if not others:
         starts = [(best, {}), (best, CAUTIOUS)]
+    else:  # the plain default where it is another sampler, else the best other
+        second = others[0] if others[0] is family[0] else min(others, key=lambda c: c.loss)
+        starts = [(best, {}), (second, {})]
     bar.total += iterations * len(starts)
     for start, rates in starts:
         loss, times, start_corrections, start_calls = _refine(
