@@ -1,6 +1,7 @@
 """The tuner: it improves the calibration loss, its configurations round-trip and keep the
 sampler's invariants, and every consumer (sample, diffusers) runs them alike."""
 
+import gc
 import sys
 import warnings
 from dataclasses import replace
@@ -24,7 +25,8 @@ from fewstep.tuner.config import Correction, corrected
 from fewstep.tuner.finish import fit_finish, run_features
 from fewstep.tuner.gradient import held_out_split, refine
 from fewstep.tuner.grid import step_costs
-from fewstep.tuner.tune import _TEACHERS, _fit_gaussian, teacher_for
+from fewstep.tuner.teacher import TeacherCache
+from fewstep.tuner.tune import TEACHERS, _fit_gaussian, teacher_for
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +231,7 @@ def test_methods_and_the_teacher_cache(setup):
     assert (
         grid_only.meta["calibration_rmse"] <= grid_only.meta["calibration_rmse_start"]
     )  # never worse
-    assert len(_TEACHERS) >= 1
+    assert len(TEACHERS) >= 1
 
 
 def test_teacher_cache_tells_guidance_scales_and_conditions_apart():
@@ -255,6 +257,58 @@ def test_teacher_cache_tells_guidance_scales_and_conditions_apart():
     assert len({id(t) for t in teachers[:3]}) == 3
     assert not torch.equal(teachers[0].target, teachers[1].target)
     assert not torch.equal(teachers[1].target[600], teachers[2].target[600])
+
+
+def test_teacher_cache_is_bounded_and_lets_networks_go():
+    """Past the memory bound the least recently used teacher goes first (the newest always
+    stays); a collected network's teachers go; a network without weak references is held."""
+    pb = problem("gmm-vp", dim=4, components=2, seed=3)
+    inner = pb.model().fn
+    cache, solves = TeacherCache(), []
+
+    def teacher(model, noise):
+        def solve():
+            solves.append(noise)
+            return Teacher.solve(model, noise, points=10, refine=1)
+
+        return cache.get(cache.key(model, noise), solve)
+
+    model = pb.model()
+    noises = [pb.noise(8, seed=s) for s in range(3)]
+    first = teacher(model, noises[0])
+    cache.max_bytes = 2 * (first.states.nbytes + first.target.nbytes + first.noise.nbytes)
+    teacher(model, noises[1])
+    assert teacher(model, noises[0]) is first  # a hit, now the most recent
+    teacher(model, noises[2])  # over the bound: noises[1] goes
+    assert len(cache) == 2 and len(solves) == 3
+    assert teacher(model, noises[0]) is first and len(solves) == 3
+    teacher(model, noises[1])
+    assert len(solves) == 4 and len(cache) == 2
+    cache.max_bytes = 0
+    teacher(model, noises[2])
+    assert len(cache) == 1  # the newest stays
+
+    class Net:
+        def __call__(self, x, t):
+            return inner(x, t)
+
+    class Slotted:
+        __slots__ = ()  # no weak references
+
+        def __call__(self, x, t):
+            return inner(x, t)
+
+    cache.max_bytes = 1 << 30
+    held, collected = Slotted(), Net()
+    teacher(fewstep.Model(held, pb.schedule, "epsilon"), noises[0])
+    teacher(fewstep.Model(collected, pb.schedule, "epsilon"), noises[0])
+    assert len(cache) == 3
+    del held, collected
+    gc.collect()
+    assert len(cache) == 2  # the collected network's teacher went with it; the slotted one
+    # is held, so its id cannot be reused by another network
+    cache.clear()
+    assert len(cache) == 0
 
 
 def test_step_costs_are_ddim_step_errors_cached_per_target():

@@ -13,8 +13,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..digest import content_digest
 from ..model import Model, points
-from .teacher import Teacher, content_digest
+from .teacher import Teacher
 
 
 def _mean_sq(x: Tensor) -> Tensor:

@@ -7,33 +7,20 @@ to. On an exact-reference problem the target can be the exact ODE solution inste
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections.abc import Mapping
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..digest import content_digest
 from ..generation import Sampler, sample_batched
 from ..model import Model
 from ..spacing import Warped
-
-
-def content_digest(value) -> str:
-    """A digest of noises, targets or conditioning inputs by content, for cache keys (tensors
-    by their bytes, shape and dtype, any dtype; mappings item by item; else their repr)."""
-    h = hashlib.sha1()
-    if isinstance(value, Tensor):
-        h.update(repr((tuple(value.shape), value.dtype)).encode())
-        h.update(value.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    elif isinstance(value, Mapping):
-        for k in sorted(value, key=str):
-            h.update(repr(k).encode() + content_digest(value[k]).encode())
-    else:
-        h.update(repr(value).encode())
-    return h.hexdigest()
 
 
 @dataclass
@@ -115,3 +102,87 @@ class Teacher:
             cond=cond,
             uncond=uncond,
         )
+
+
+class TeacherCache:
+    """Teachers by what they depend on, so that tuning several budgets solves once.
+
+    Bounded: the least recently used go first while the teachers' states and targets exceed
+    ``max_bytes`` (the newest is always kept). The network is held weakly: its teachers go
+    at the cache's next use after it is garbage collected.
+    """
+
+    def __init__(self, max_bytes: int = 2 << 30):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple, Teacher] = OrderedDict()
+        self._watched: set[int] = set()  # ids of networks with a finalizer registered
+        self._held: dict[int, Any] = {}  # networks that cannot be weakly referenced
+        self._dead: set[int] = set()  # collected networks whose entries are still here
+
+    def key(self, model: Model, noise: Tensor, cond=None, uncond=None) -> tuple:
+        """What a teacher depends on: the network (by id, forgotten when it is collected),
+        everything the model applies around it (guidance, thresholding, dtype), the
+        schedule and the inputs by content."""
+        self._purge()
+        return (
+            self._network(model.fn),
+            model.prediction,
+            model.guidance,
+            repr(model.thresholding),
+            model.dtype,
+            repr(model.schedule.config()),
+            content_digest(noise),
+            content_digest(cond),
+            content_digest(uncond),
+        )
+
+    def __contains__(self, key: tuple) -> bool:
+        self._purge()
+        return key in self._entries
+
+    def __len__(self) -> int:
+        self._purge()
+        return len(self._entries)
+
+    def get(self, key: tuple, solve: Callable[[], Teacher]) -> Teacher:
+        """The cached teacher for ``key``, else ``solve()``'s, cached."""
+        self._purge()
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        teacher = self._entries[key] = solve()
+        while len(self._entries) > 1 and self._bytes() > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+        return teacher
+
+    def clear(self) -> None:
+        """Forget every teacher (and the networks held because they have no weak reference)."""
+        self._entries.clear()
+        self._held.clear()
+
+    def _network(self, fn) -> int:
+        ident = id(fn)
+        if ident not in self._watched and ident not in self._held:
+            try:
+                weakref.finalize(fn, self._dead.add, ident)
+                self._watched.add(ident)
+            except TypeError:  # no weak reference (a builtin): held, so its id is not reused
+                self._held[ident] = fn
+        return ident
+
+    def _bytes(self) -> int:
+        return sum(
+            t.states.nbytes + t.target.nbytes + t.noise.nbytes for t in self._entries.values()
+        )
+
+    def _drop(self, key: tuple) -> None:
+        del self._entries[key]
+        if not any(k[0] == key[0] for k in self._entries):
+            self._held.pop(key[0], None)
+
+    def _purge(self) -> None:
+        while self._dead:
+            ident = self._dead.pop()
+            self._watched.discard(ident)
+            for key in [k for k in self._entries if k[0] == ident]:
+                del self._entries[key]

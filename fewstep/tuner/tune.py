@@ -25,7 +25,7 @@ once refined.
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -45,7 +45,7 @@ from .config import Correction, SamplerConfig
 from .finish import fit_finish
 from .gradient import refine, sample_rmse
 from .grid import dp_grid, step_costs
-from .teacher import Teacher, content_digest
+from .teacher import Teacher, TeacherCache
 
 METHODS = ("grid", "orders", "coefficients", "full")
 #: solvers the order search starts from (those that take per-step ``orders``)
@@ -58,24 +58,8 @@ FAMILY_MARGIN = 1.3
 #: one early on (the fitted mean is carried by the few samples that cross to another mode)
 CAUTIOUS = {"lr_times": 3e-3, "lr_coefficients": 1e-3}
 
-_TEACHERS: dict[tuple, Teacher] = {}
-
-
-def _key(model: Model, noise: Tensor, cond, uncond) -> tuple:
-    """What a teacher depends on: the network (held, so its id cannot be reused), everything
-    the model applies around it (guidance, thresholding, dtype), the schedule and the
-    inputs by content."""
-    return (
-        model.fn if isinstance(model.fn, Hashable) else id(model.fn),
-        model.prediction,
-        model.guidance,
-        repr(model.thresholding),
-        model.dtype,
-        repr(model.schedule.config()),
-        content_digest(noise),
-        content_digest(cond),
-        content_digest(uncond),
-    )
+#: the teachers of this process, shared by every ``tune`` call
+TEACHERS = TeacherCache()
 
 
 def _check_calibration(calibration) -> None:
@@ -88,10 +72,8 @@ def teacher_for(model: Model, noise: Tensor, cond=None, uncond=None) -> Teacher:
     """The teacher for these calibration inputs, computed once per model (network, guidance,
     schedule) and inputs (noises and conditions, by content) and cached in memory so that
     tuning several budgets reuses it (``tune`` swaps in a given target)."""
-    key = _key(model, noise, cond, uncond)
-    if key not in _TEACHERS:
-        _TEACHERS[key] = Teacher.solve(model, noise, cond=cond, uncond=uncond)
-    return _TEACHERS[key]
+    key = TEACHERS.key(model, noise, cond, uncond)
+    return TEACHERS.get(key, lambda: Teacher.solve(model, noise, cond=cond, uncond=uncond))
 
 
 def calibration_loss(
@@ -191,7 +173,7 @@ def tune(
         raise ArgumentError("nfe", f"tuning needs at least 2 model calls, got {nfe!r}")
     _check_calibration(calibration)
     start_time = time.perf_counter()
-    cached = teacher is not None or _key(model, calibration, cond, uncond) in _TEACHERS
+    cached = teacher is not None or TEACHERS.key(model, calibration, cond, uncond) in TEACHERS
     teacher = teacher or teacher_for(model, calibration, cond, uncond)
     calls_before = model.nfe  # after the teacher: its calls are reported apart
     if target is not None:
