@@ -23,7 +23,7 @@ from fewstep.spacing import Times
 from fewstep.tuner import SamplerConfig, Teacher, calibration_loss, gradient, refit_first_step
 from fewstep.tuner.config import Correction, corrected
 from fewstep.tuner.finish import fit_finish, run_features
-from fewstep.tuner.gradient import held_out_split, refine
+from fewstep.tuner.gradient import Descent, held_out_split
 from fewstep.tuner.grid import step_costs
 from fewstep.tuner.teacher import TeacherCache
 from fewstep.tuner.tune import TEACHERS, _fit_gaussian, teacher_for
@@ -39,6 +39,13 @@ def setup():
         model, 4, calibration=calibration, target=target, iterations=40, progress=False
     )
     return pb, model, calibration, target, config
+
+
+def refine(*args, **options):
+    """A descent run whole: (times, corrections, call times, held-out before and after)."""
+    descent = Descent(*args, **options)
+    descent.advance(descent.iterations)
+    return descent.result()
 
 
 def test_tuning_improves_the_calibration_loss(setup):
@@ -563,13 +570,13 @@ def test_each_competitive_first_step_is_refined(setup, monkeypatch):
     _, model, calibration, target, _ = setup
     tune_module = sys.modules["fewstep.tuner.tune"]
     refined = []
-    real = tune_module._refine
+    real = tune_module._descent
 
     def spy(model, teacher, start, *args):
         refined.append(start.gaussian is not None)
         return real(model, teacher, start, *args)
 
-    monkeypatch.setattr(tune_module, "_refine", spy)
+    monkeypatch.setattr(tune_module, "_descent", spy)
     for margin, expected in [(float("inf"), {False, True}), (1.0, None)]:
         monkeypatch.setattr(tune_module, "FAMILY_MARGIN", margin)
         refined.clear()
@@ -581,12 +588,12 @@ def test_each_competitive_first_step_is_refined(setup, monkeypatch):
             assert len(set(refined)) == 1
 
 
-def test_the_second_descent_starts_from_another_sampler(setup, monkeypatch):
+def test_the_second_descent_starts_from_another_sampler(setup):
     """Stage 3 starts from the searched sampler and the plain default; where they are the
     same sampler (however its options spell it), the second descent starts from the
     family's best candidate that is another sampler, and only without one repeats the first
     at the cautious learning rates."""
-    _, model, calibration, target, _ = setup
+    _, model, _, _, _ = setup
     tune_module = sys.modules["fewstep.tuner.tune"]
     size = get_solver("unipc", order=2).grid_size(4, False)
     times = fewstep.defaults.auto(model.schedule, 4)[2].times(model.schedule, size).tolist()
@@ -599,25 +606,88 @@ def test_the_second_descent_starts_from_another_sampler(setup, monkeypatch):
     assert tune_module._base_program(model, plain, 4) != tune_module._base_program(model, other, 4)
     worse = tune_module.Candidate(3.0, "dpmpp_2m", {}, times, "default", None)
     better = other._replace(loss=2.0)
-    descents = []
-    real = tune_module._refine
-
-    def spy(model, teacher, start, nfe, method, iterations, bar, rates):
-        descents.append((start, rates))
-        return real(model, teacher, start, nfe, method, iterations, bar, rates)
-
-    monkeypatch.setattr(tune_module, "_refine", spy)
-    teacher = replace(teacher_for(model, calibration), target=target)
     for searched, family, second in [
         (spelled, [plain, worse, better], (better, {})),
         (spelled, [plain], (spelled, tune_module.CAUTIOUS)),
         (other, [plain, worse], (plain, {})),
     ]:
-        descents.clear()
-        tune_module._search(
-            model, teacher, 4, "grid", 2, searched, family, tqdm(total=0, disable=True)
+        assert tune_module._starts(model, searched, family, 4) == [(searched, {}), second]
+
+
+def test_a_descent_run_in_pieces_ends_where_one_run_whole_does(setup):
+    """Screening pauses descents and resumes some: the pieces change nothing, the learning
+    rate schedule spanning the descent's iterations either way."""
+    _, model, calibration, target, config = setup
+    teacher = replace(teacher_for(model, calibration), target=target)
+    solver = get_solver(config.solver, **config.options)
+    gaussian = config.gaussian and GaussianData.from_record(config.gaussian)
+    whole = refine(model, solver, 4, config.times, teacher, iterations=23, gaussian=gaussian)
+    pieces = Descent(model, solver, 4, config.times, teacher, iterations=23, gaussian=gaussian)
+    for steps in (7, 1, 5):
+        pieces.advance(steps)
+    assert pieces.steps == 13 and not pieces.done
+    pieces.advance(100)  # no further than its iterations
+    assert pieces.steps == 23 and pieces.done
+    assert pieces.result() == whole
+
+
+def test_stage_three_finishes_only_the_descents_best_at_the_screen(setup, monkeypatch):
+    """Every start's descent runs ``SCREEN`` of its steps; the ``KEEP`` with the lowest
+    held-out error there run to the end, and only those are candidates; descents that draw
+    minibatches all run to the end."""
+    _, model, calibration, target, _ = setup
+    tune_module = sys.modules["fewstep.tuner.tune"]
+    teacher = replace(teacher_for(model, calibration), target=target)
+    size = get_solver("unipc", order=2).grid_size(4, False)
+    candidates = [
+        tune_module.Candidate(1.0, "unipc", {"order": 2}, times.tolist(), "default", None)
+        for times in (
+            fewstep.defaults.auto(model.schedule, 4)[2].times(model.schedule, size),
+            torch.linspace(999.0, 30.0, size),
+            torch.linspace(999.0, 5.0, size),
         )
-        assert descents == [(searched, {}), second]
+    ]
+    solver = get_solver("unipc", order=2)
+    at_screen = []
+    for c in candidates:  # each start's held-out mean 5 steps into a 20-step descent
+        alone = Descent(model, solver, 4, c.times, teacher, iterations=20)
+        alone.advance(5)
+        at_screen.append(alone.held_out)
+    assert len(set(at_screen)) == 3
+    ranked = sorted(range(3), key=lambda i: at_screen[i])
+    made = []
+    real = tune_module._descent
+
+    def spy(*args):
+        made.append(real(*args))
+        return made[-1]
+
+    monkeypatch.setattr(tune_module, "_descent", spy)
+    monkeypatch.setattr(tune_module, "SCREEN", 0.25)
+    for keep in (1, 2, 5):
+        monkeypatch.setattr(tune_module, "KEEP", keep)
+        made.clear()
+        bar = tqdm(total=0, disable=True)
+        finished = tune_module._descend(
+            model, teacher, [(c, {}) for c in candidates], 4, "full", 20, bar
+        )
+        kept = sorted(ranked[:keep])
+        assert [d.steps for d in made] == [20 if i in kept else 5 for i in range(3)]
+        assert [start for start, *_ in finished] == [candidates[i] for i in kept]
+        assert bar.total == 3 * 5 + 15 * len(kept)
+        for i, (start, loss, times, corrections, calls) in zip(kept, finished, strict=True):
+            assert (times, corrections, calls) == made[i].result()[:3]
+            config = tune_module._config(
+                model, "unipc", start.options, 4, times, None, corrections, calls
+            )
+            assert loss == tune_module.config_loss(model, teacher, config)
+    # descents that draw minibatches are not screened: every one runs to the end
+    monkeypatch.setattr(gradient, "FIT_BATCH", 6)
+    made.clear()
+    bar = tqdm(total=0, disable=True)
+    starts = [(c, {}) for c in candidates]
+    finished = tune_module._descend(model, teacher, starts, 4, "full", 20, bar)
+    assert [d.steps for d in made] == [20] * 3 and len(finished) == 3 and bar.total == 60
 
 
 def test_the_order_search_runs_no_trial_that_compiles_to_the_current_sampler(setup, monkeypatch):

@@ -101,7 +101,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
     p.add_argument("--solver", default=None, help="fix the base solver (unipc, dpmpp_2m, ...)")
     p.add_argument("--method", default="full", choices=METHODS)
-    p.add_argument("--iterations", type=int, default=600, help="gradient steps")
+    p.add_argument("--iterations", type=int, default=600, help="gradient steps per descent")
     p.add_argument(
         "--model-first",
         action="store_true",

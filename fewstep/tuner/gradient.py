@@ -160,141 +160,194 @@ def as_corrections(params: nn.ParameterList, detach: bool = False) -> list[Corre
     return out
 
 
-def refine(
-    model: Model,
-    solver: Solver,
-    nfe: int,
-    times: Sequence[float],
-    teacher: Teacher,
-    *,
-    iterations: int = 200,
-    learn_times: bool = True,
-    learn_end: bool = True,
-    learn_coefficients: bool = True,
-    learn_call_times: bool = True,
-    lr_times: float = 0.03,
-    lr_coefficients: float = 2e-3,
-    gaussian: GaussianData | None = None,
-    progress=None,
-) -> tuple[list[float], list[Correction], list[float] | None, float, float]:
-    """(times, corrections, call times, held-out mean RMSE before and after), fitting
-    the sampler's mean per-sample RMSE against the teacher's target on three quarters of its
-    noises. Call times (the times the network sees, offsets in log tau from the grid's) are
-    learned with ``learn_call_times``: the time-shift sampler's correction of exposure bias.
-    With ``gaussian`` the first evaluation is the analytic first step (nfe model calls)."""
-    schedule = model.schedule
-    grid = GridParameters(schedule, times, learn_end and learn_times)
-    grid.theta.requires_grad_(learn_times)
+class Descent:
+    """One gradient refinement, run in pieces (``advance``) so that several can be screened
+    and only the promising ones finished: a descent advanced in pieces ends where one run in
+    a single go would (its learning-rate schedule spans ``iterations`` either way).
 
-    def compile_on(pts) -> Program:
-        program = solver.compile(Grid(schedule, pts), nfe + (gaussian is not None))
-        return program if gaussian is None else analytic_start(program, gaussian)
+    It fits the sampler's mean per-sample RMSE against the teacher's target on three quarters
+    of its noises. Call times (the times the network sees, offsets in log tau from the grid's)
+    are learned with ``learn_call_times``: the time-shift sampler's correction of exposure
+    bias. With ``gaussian`` the first evaluation is the analytic first step (nfe model
+    calls)."""
 
-    corrections = correction_parameters(compile_on(tensor_points(schedule, grid.times().detach())))
-    for p in corrections:
-        p.requires_grad_(learn_coefficients)
-    # a model call at t_max stays there (where the flow's noise level is infinite)
-    fixed = int(gaussian is None)
-    shifts = torch.zeros(nfe - fixed, dtype=torch.float64, requires_grad=learn_call_times)
-    groups = []
-    if learn_times:
-        groups.append(
-            {"params": [grid.theta, grid.phi] if grid.learn_end else [grid.theta], "lr": lr_times}
+    def __init__(
+        self,
+        model: Model,
+        solver: Solver,
+        nfe: int,
+        times: Sequence[float],
+        teacher: Teacher,
+        *,
+        iterations: int = 200,
+        learn_times: bool = True,
+        learn_end: bool = True,
+        learn_coefficients: bool = True,
+        learn_call_times: bool = True,
+        lr_times: float = 0.03,
+        lr_coefficients: float = 2e-3,
+        gaussian: GaussianData | None = None,
+        progress=None,
+    ):
+        schedule = model.schedule
+        self.model, self.solver, self.nfe, self.gaussian = model, solver, nfe, gaussian
+        self.iterations, self.progress = iterations, progress
+        self.learn_coefficients, self.learn_call_times = learn_coefficients, learn_call_times
+        self.grid = GridParameters(schedule, times, learn_end and learn_times)
+        self.grid.theta.requires_grad_(learn_times)
+        self.corrections = correction_parameters(
+            self._compile(tensor_points(schedule, self.grid.times().detach()))
         )
-    if learn_coefficients:
-        groups.append({"params": list(corrections), "lr": lr_coefficients})
-    if learn_call_times:
-        groups.append({"params": [shifts], "lr": lr_times})
-    x0 = teacher.start(schedule)
-    target = teacher.target.to(torch.float64)
-    tau_range = classical_sigma(
-        schedule, torch.tensor([schedule.t_min, schedule.t_max], dtype=torch.float64)
-    )
+        for p in self.corrections:
+            p.requires_grad_(learn_coefficients)
+        # a model call at t_max stays there (where the flow's noise level is infinite)
+        self.fixed = int(gaussian is None)
+        self.shifts = torch.zeros(
+            nfe - self.fixed, dtype=torch.float64, requires_grad=learn_call_times
+        )
+        groups = []
+        if learn_times:
+            grid = self.grid
+            params = [grid.theta, grid.phi] if grid.learn_end else [grid.theta]
+            groups.append({"params": params, "lr": lr_times})
+        if learn_coefficients:
+            groups.append({"params": list(self.corrections), "lr": lr_coefficients})
+        if learn_call_times:
+            groups.append({"params": [self.shifts], "lr": lr_times})
+        self.groups = groups
+        self.tau_range = classical_sigma(
+            schedule, torch.tensor([schedule.t_min, schedule.t_max], dtype=torch.float64)
+        )
+        x0 = teacher.start(schedule)
+        target = teacher.target.to(torch.float64)
+        self.inputs = (x0, target, teacher.cond, teacher.uncond)
+        label = teacher.label()
+        self.fit, self.held = held_out_split(x0.shape[0], None if label is None else label[1])
+        self.fit_inputs = _subset(*self.inputs, self.fit)
+        self.held_inputs = _subset(*self.inputs, self.held)
+        self.draw = torch.Generator().manual_seed(0)  # the same minibatches on every run
+        self.best = self.last = self._snapshot()
+        self.start = float(self.best[0].mean())
+        self.steps = 0
+        self.stopped = not groups
+        if groups:
+            self.optimizer = torch.optim.Adam(groups)
+            self.decay = torch.optim.lr_scheduler.CosineAnnealingLR(
+                self.optimizer, max(1, iterations)
+            )
 
-    def program_now() -> Program:
+    @property
+    def done(self) -> bool:
+        """Whether the descent has run its iterations or stopped off the sampler's domain."""
+        return self.stopped or self.steps >= self.iterations
+
+    @property
+    def minibatched(self) -> bool:
+        """Whether each step fits a fresh draw of ``FIT_BATCH`` noises (not all of them)."""
+        return len(self.fit) > FIT_BATCH
+
+    @property
+    def held_out(self) -> float:
+        """The lowest held-out mean RMSE of its snapshots so far, the start included (a
+        descent's held-out error spikes where samples cross between modes, on its way down)."""
+        return float(self.best[0].mean())
+
+    def advance(self, steps: int) -> None:
+        """Up to ``steps`` more gradient steps (fewer where the descent ends first)."""
+        for _ in range(steps):
+            if self.done:
+                return
+            self._step()
+
+    def result(self) -> tuple[list[float], list[Correction], list[float] | None, float, float]:
+        """(times, corrections, call times, held-out mean RMSE before and after): the
+        descent's latest snapshot, unless an earlier one beats it clearly there."""
+        best, last = self.best, self.last
+        held_errors, times, corrections, calls = best if clearly_better(best[0], last[0]) else last
+        return times, corrections, calls, self.start, float(held_errors.mean())
+
+    def _compile(self, points) -> Program:
+        program = self.solver.compile(
+            Grid(self.model.schedule, points), self.nfe + (self.gaussian is not None)
+        )
+        return program if self.gaussian is None else analytic_start(program, self.gaussian)
+
+    def _program(self) -> Program:
+        schedule = self.model.schedule
         program = corrected(
-            compile_on(tensor_points(schedule, grid.times())), as_corrections(corrections)
+            self._compile(tensor_points(schedule, self.grid.times())),
+            as_corrections(self.corrections),
         )
-        return (
-            shifted(program, tensor_points(schedule, call_times(program)))
-            if learn_call_times
-            else program
-        )
+        if not self.learn_call_times:
+            return program
+        return shifted(program, tensor_points(schedule, self._call_times(program)))
 
-    def call_times(program: Program) -> Tensor:
+    def _call_times(self, program: Program) -> Tensor:
+        schedule = self.model.schedule
         base_t = torch.stack(
             [torch.as_tensor(ins.point.t, dtype=torch.float64) for ins in program.evaluations]
         )
         tau = classical_sigma(schedule, base_t) * torch.exp(
-            torch.cat([shifts.new_zeros(fixed), shifts])
+            torch.cat([self.shifts.new_zeros(self.fixed), self.shifts])
         )
-        tau = torch.minimum(torch.maximum(tau, tau_range[0]), tau_range[1])
+        tau = torch.minimum(torch.maximum(tau, self.tau_range[0]), self.tau_range[1])
         return torch.clamp(t_of_classical_sigma(schedule, tau), schedule.t_min, schedule.t_max)
 
-    label = teacher.label()
-    fit, held = held_out_split(x0.shape[0], None if label is None else label[1])
-    fit_inputs = _subset(x0, target, teacher.cond, teacher.uncond, fit)
-    held_inputs = _subset(x0, target, teacher.cond, teacher.uncond, held)
-    draw = torch.Generator().manual_seed(0)  # the same minibatches on every run
-
-    def fitting_batch():
+    def _fitting_batch(self):
         """One step's fitting inputs: all of them, or a fresh draw of ``FIT_BATCH``."""
+        fit = self.fit
         if len(fit) <= FIT_BATCH:
-            return fit_inputs
-        part = fit[torch.randperm(len(fit), generator=draw)[:FIT_BATCH]]
-        return _subset(x0, target, teacher.cond, teacher.uncond, part)
+            return self.fit_inputs
+        return _subset(*self.inputs, fit[torch.randperm(len(fit), generator=self.draw)[:FIT_BATCH]])
 
-    def errors(program: Program, inputs) -> Tensor:
+    def _errors(self, program: Program, inputs) -> Tensor:
         x, y, cond, uncond = inputs
-        return per_sample_rmse(run(model, program, x, cond=cond, uncond=uncond), y, eps=GRAD_EPS)
+        out = run(self.model, program, x, cond=cond, uncond=uncond)
+        return per_sample_rmse(out, y, eps=GRAD_EPS)
 
-    def snapshot():
+    def _snapshot(self):
         # per-sample held-out errors, compared on the mean (the metric fitted and reported:
         # the median is blind to the few samples a sampler sends to another mode, which
         # carry the mean on multimodal data)
         with torch.no_grad():
-            program = program_now()
+            program = self._program()
             try:
-                held_errors = errors(program, held_inputs)
+                held_errors = self._errors(program, self.held_inputs)
             except NonFiniteError:  # parameters off the sampler's domain: never kept
-                held_errors = torch.full((len(held),), math.inf, dtype=torch.float64)
+                held_errors = torch.full((len(self.held),), math.inf, dtype=torch.float64)
             calls = (
-                [float(ins.point.t) for ins in program.evaluations] if learn_call_times else None
+                [float(ins.point.t) for ins in program.evaluations]
+                if self.learn_call_times
+                else None
             )
             return (
                 held_errors,
-                [float(t) for t in grid.times()],
-                as_corrections(corrections, detach=True) if learn_coefficients else [],
+                [float(t) for t in self.grid.times()],
+                as_corrections(self.corrections, detach=True) if self.learn_coefficients else [],
                 calls,
             )
 
-    best = last = snapshot()
-    start = float(best[0].mean())
-    if groups:
-        optimizer = torch.optim.Adam(groups)
-        decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, iterations))
-        for i in range(iterations):
-            optimizer.zero_grad()
-            try:
-                loss = errors(program_now(), fitting_batch()).mean()
-            except NonFiniteError:
-                break  # the parameters left the sampler's domain: keep what was seen
-            if not torch.isfinite(loss):
-                break
-            loss.backward()
-            grads = [p.grad for g in groups for p in g["params"] if p.grad is not None]
-            if not all(bool(torch.isfinite(g).all()) for g in grads):
-                break  # a step would poison the parameters: keep the best seen
-            optimizer.step()
-            decay.step()
-            if (i + 1) % VALIDATE_EVERY == 0 or i + 1 == iterations:
-                last = snapshot()
-                if last[0].mean() < best[0].mean():
-                    best = last
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(held_out_mean=f"{float(last[0].mean()):.3e}")
-    held_errors, kept_times, kept_corrections, kept_calls = (
-        best if clearly_better(best[0], last[0]) else last
-    )
-    return kept_times, kept_corrections, kept_calls, start, float(held_errors.mean())
+    def _step(self) -> None:
+        self.optimizer.zero_grad()
+        try:
+            loss = self._errors(self._program(), self._fitting_batch()).mean()
+        except NonFiniteError:
+            loss = None  # the parameters left the sampler's domain: keep what was seen
+        if loss is None or not torch.isfinite(loss):
+            self.stopped = True
+            return
+        loss.backward()
+        grads = [p.grad for g in self.groups for p in g["params"] if p.grad is not None]
+        if not all(bool(torch.isfinite(g).all()) for g in grads):
+            self.stopped = True  # a step would poison the parameters: keep the best seen
+            return
+        self.optimizer.step()
+        self.decay.step()
+        self.steps += 1
+        if self.steps % VALIDATE_EVERY == 0 or self.steps == self.iterations:
+            self.last = self._snapshot()
+            if self.last[0].mean() < self.best[0].mean():
+                self.best = self.last
+        if self.progress is not None:
+            self.progress.update(1)
+            self.progress.set_postfix(held_out_mean=f"{float(self.last[0].mean()):.3e}")
