@@ -63,10 +63,9 @@ FAMILY_MARGIN = 1.3
 CAUTIOUS = {"lr_times": 3e-3, "lr_coefficients": 1e-3}
 #: stage 3 screens its descents (successive halving): each runs this fraction of its steps,
 #: then only the ``KEEP`` with the lowest held-out error so far run on to the end. Descents
-#: that fit every noise at each step are smooth, and on the four digits tunings the leader
-#: at any screen from 50 to 300 of 600 steps ended best; minibatch descents are not
-#: screened: their held-out error jumps from draw to draw, and their leader changes late
-#: (on gmm-vp at 8 calls the leader at step 150 ended 2.1x worse on held-out noises)
+#: that fit every noise at each step are smooth, and the leader a quarter of the way was the
+#: one kept at the end on the digits models (README); minibatch descents are not screened:
+#: their held-out error jumps from draw to draw, and the leader changes late
 SCREEN = 0.25
 KEEP = 1
 
