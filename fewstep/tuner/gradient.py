@@ -295,10 +295,10 @@ class Descent:
 
     def _fitting_batch(self):
         """One step's fitting inputs: all of them, or a fresh draw of ``FIT_BATCH``."""
-        fit = self.fit
-        if len(fit) <= FIT_BATCH:
+        if not self.minibatched:
             return self.fit_inputs
-        return _subset(*self.inputs, fit[torch.randperm(len(fit), generator=self.draw)[:FIT_BATCH]])
+        draw = torch.randperm(len(self.fit), generator=self.draw)[:FIT_BATCH]
+        return _subset(*self.inputs, self.fit[draw])
 
     def _errors(self, program: Program, inputs) -> Tensor:
         x, y, cond, uncond = inputs
