@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tuner import _wrong_modes
+from tuner import REFERENCES, _wrong_modes
 
 import fewstep
 from fewstep.guidance import class_inputs
@@ -41,7 +41,7 @@ def without_finish(model, config):
 
 
 def gmm_lines(nfes, args) -> list[str]:
-    pb = problem("gmm-vp")
+    pb = problem("gmm-vp", cache_dir=REFERENCES)
     model = pb.model()
     noise, cal = pb.noise(args.samples, seed=0), pb.noise(args.calibration, seed=11)
     ref, ref_cal = pb.reference(noise), pb.reference(cal)

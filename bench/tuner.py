@@ -21,7 +21,8 @@ at n and at 2n, on held-out noises, with the calibration cost.
     python bench/tuner.py                  # the full run (README table)
     python bench/tuner.py --quick          # a smoke run
 
-Writes bench/results/tuner{_quick}.md, .json and .png.
+Writes bench/results/tuner{_quick}.md, .json and .png. The exact ODE solutions are solved
+once and kept in bench/.cache/references (delete it to solve them afresh).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ SECTIONS = ("mixtures", "digits", "models")
 DIGITS_MODELS = ("digits-unet", "digits-dit", "digits-flow")
 OUTPUTS = ("tuned", "auto", "auto_2n")
 UNSEEN = dict(dim=32, components=4, seed=7)
+#: exact references kept on disk between runs (delete the folder to solve them afresh)
+REFERENCES = Path(__file__).parent / ".cache" / "references"
 DIGITS_NFES = range(5, 11)  # untuned budgets: which one the tuned NFE 5 matches
 SEEN_CLASSES = 5  # the held-out-classes run calibrates on digits 0-4, scores 5-9
 DIGITS_SOLVERS = ("auto", "ddim", "euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "deis")
@@ -97,10 +100,12 @@ def _tune(model, nfe, cal, target, args, cond=None, uncond=None):
 
 def gmm_rows(name, nfes, args, **mixture):
     """Tuned, untuned and best-peer mean RMSE at each NFE n (peers also at 2n)."""
-    pb = problem(name, **mixture)
+    pb = problem(name, **mixture, cache_dir=REFERENCES)
     model = pb.model()
     noise, cal = pb.noise(args.samples, seed=0), pb.noise(args.calibration, seed=11)
+    start = time.perf_counter()
     ref, ref_cal = pb.reference(noise), pb.reference(cal)
+    reference_seconds = time.perf_counter() - start
     peer_rows: list[dict] = []
     budgets = sorted({k for n in nfes for k in (n, 2 * n)})
 
@@ -156,7 +161,7 @@ def gmm_rows(name, nfes, args, **mixture):
             f"({calls} calls, {seconds:.0f} s)",
             flush=True,
         )
-    return rows, configs, (model, noise, ref, ref_cal)
+    return rows, configs, (model, noise, ref, ref_cal), reference_seconds
 
 
 def transfer_rows(configs_a, target_b, label):
@@ -467,7 +472,13 @@ def report(sections: dict) -> str:
     if mixtures:
         lines += [
             _made_by(mixtures["meta"]) + f" Errors on {mixtures['meta']['samples']} held-out "
-            "noises: mean RMSE against the exact ODE solution.",
+            "noises: mean RMSE against the exact ODE solution"
+            + (
+                f" ({mixtures['reference_seconds']:.0f} s of the run solved or read "
+                "those solutions, kept in bench/.cache/references between runs)."
+                if "reference_seconds" in mixtures
+                else "."
+            ),
             "",
         ]
     for title, rows in (("Exact mixtures", gmm), ("A mixture the tuner was not built on", unseen)):
@@ -705,17 +716,19 @@ def plot(gmm, path) -> None:
 
 def run_mixtures(args) -> dict:
     """The exact mixtures, the unseen mixture and transfer between them."""
-    gmm, unseen, transfer, seen = [], [], [], {}
+    gmm, unseen, transfer, seen, reference_seconds = [], [], [], {}, 0.0
     for name in ("gmm-vp", "gmm-flow"):
-        rows, configs, target = gmm_rows(name, args.nfes, args)
+        rows, configs, target, seconds = gmm_rows(name, args.nfes, args)
         gmm += rows
         seen[name] = (configs, target)
-    rows, configs, target = gmm_rows("gmm-vp", args.nfes[:2], args, **UNSEEN)
+        reference_seconds += seconds
+    rows, configs, target, seconds = gmm_rows("gmm-vp", args.nfes[:2], args, **UNSEEN)
     unseen += rows
+    reference_seconds += seconds
     own, seen_target = seen["gmm-vp"]
     transfer += transfer_rows(own, target, "gmm-vp -> unseen mixture")
     transfer += transfer_rows(configs, seen_target, "unseen mixture -> gmm-vp")
-    return dict(gmm=gmm, unseen=unseen, transfer=transfer)
+    return dict(gmm=gmm, unseen=unseen, transfer=transfer, reference_seconds=reference_seconds)
 
 
 def main() -> None:

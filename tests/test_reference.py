@@ -63,3 +63,28 @@ def test_reference_agrees_with_a_converged_sampler():
     ref = pb.reference(noise)
     x = fewstep.sample(pb.model(), noise, solver="ddim", nfe=4000)
     assert float((x - ref).abs().max()) < 2e-3
+
+
+def test_references_kept_on_disk_are_read_back_not_solved_again(tmp_path, monkeypatch):
+    """With ``cache_dir`` a reference is solved once: a fresh problem reads the same tensor
+    back, and another noise batch, mixture, schedule or tolerance is solved apart."""
+    import fewstep.reference.problems as problems
+
+    solved = []
+
+    def counting(*args, **kwargs):
+        solved.append(1)
+        return solve_pf_ode(*args, **kwargs)
+
+    monkeypatch.setattr(problems, "solve_pf_ode", counting)
+    pb = problem("gmm-vp", dim=4, components=2, cache_dir=tmp_path)
+    noise = pb.noise(3, seed=1)
+    first = pb.reference(noise)
+    again = problem("gmm-vp", dim=4, components=2, cache_dir=tmp_path).reference(noise)
+    assert len(solved) == 1 and len(list(tmp_path.iterdir())) == 1
+    assert torch.equal(first, again) and again.dtype == torch.float64
+    problem("gmm-vp", dim=4, components=2, cache_dir=tmp_path).reference(pb.noise(3, seed=2))
+    problem("gmm-vp", dim=4, components=2, seed=5, cache_dir=tmp_path).reference(noise)
+    problem("gmm-flow", dim=4, components=2, cache_dir=tmp_path).reference(noise)
+    pb.reference(noise, rtol=1e-11)
+    assert len(solved) == 5 and len(list(tmp_path.iterdir())) == 5
