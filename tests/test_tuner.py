@@ -631,6 +631,29 @@ def test_a_descent_run_in_pieces_ends_where_one_run_whole_does(setup):
     assert pieces.result() == whole
 
 
+def test_a_descent_leaves_a_trainable_network_untouched(setup):
+    """A network whose weights require grad (as a diffusers model's do) tunes as if frozen:
+    the descent differentiates the sampler's parameters only, so no weight gradient is
+    computed, nor left on the user's model."""
+    pb, _, calibration, _, _ = setup
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(9, 16), torch.nn.Tanh(), torch.nn.Linear(16, 8))
+    net = net.double()
+
+    def fn(x, t):
+        time = torch.as_tensor(t, dtype=x.dtype).reshape(-1, 1).expand(x.shape[0], 1) / 1000
+        return 0.1 * net(torch.cat([x, time], 1)) + x  # epsilon-ish: finite everywhere
+
+    model = fewstep.Model(fn, pb.schedule, "epsilon")
+    teacher = Teacher.solve(model, calibration, points=20, refine=1)
+    solver, grid, _ = plan(model, "unipc", 4, order=2)
+    times = [float(point.t) for point in grid]
+    trainable = refine(model, solver, 4, times, teacher, iterations=6)
+    assert all(p.grad is None for p in net.parameters())
+    net.requires_grad_(False)
+    assert refine(model, solver, 4, times, teacher, iterations=6) == trainable
+
+
 def test_stage_three_finishes_only_the_descents_best_at_the_screen(setup, monkeypatch):
     """Every start's descent runs ``SCREEN`` of its steps; the ``KEEP`` with the lowest
     held-out error there run to the end, and only those are candidates; descents that draw

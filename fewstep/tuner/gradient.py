@@ -336,7 +336,9 @@ class Descent:
         if loss is None or not torch.isfinite(loss):
             self.stopped = True
             return
-        loss.backward()
+        # gradients of the sampler's parameters only: a network whose weights require grad
+        # (as a diffusers model's do) gets no weight gradients computed or left on it
+        loss.backward(inputs=[p for g in self.groups for p in g["params"]])
         grads = [p.grad for g in self.groups for p in g["params"] if p.grad is not None]
         if not all(bool(torch.isfinite(g).all()) for g in grads):
             self.stopped = True  # a step would poison the parameters: keep the best seen
