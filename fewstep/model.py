@@ -7,12 +7,13 @@ x = alpha D + sigma eps, applies guidance and thresholding, and counts model cal
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .errors import ArgumentError, ModelOutputError
 from .guidance import DynamicThresholding, Guidance
@@ -20,6 +21,16 @@ from .schedules import NoiseSchedule, TimeLike, as_float64
 
 PredictionType = Literal["epsilon", "sample", "v", "flow", "score"]
 PREDICTIONS: tuple[str, ...] = ("epsilon", "sample", "v", "flow", "score")
+#: layers that act differently in training mode: random (dropout) or batch-dependent
+MODE_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
+
+def _network(fn: Callable[..., Tensor]) -> nn.Module | None:
+    """The module behind ``fn``: fn itself, or the module a bound method belongs to."""
+    if isinstance(fn, nn.Module):
+        return fn
+    owner = getattr(fn, "__self__", None)
+    return owner if isinstance(owner, nn.Module) else None
 
 
 class Prediction(NamedTuple):
@@ -176,6 +187,26 @@ class Model:
                     f"cond[{name!r}]",
                     f"batch size {value.shape[0]} does not match the noise batch {x.shape[0]}",
                 )
+
+    def check_mode(self) -> None:
+        """Warn where the network is in training mode with layers that then act differently
+        (dropout, batch statistics): its samples would be random, and would depend on the
+        batch, whatever the seeds."""
+        network = _network(self.fn)
+        if network is None:
+            return
+        active = [
+            name or type(m).__name__
+            for name, m in network.named_modules()
+            if m.training and isinstance(m, MODE_DEPENDENT) and getattr(m, "p", 1.0) > 0
+        ]
+        if active:
+            warnings.warn(
+                f"fn: the network is in training mode, where {len(active)} of its layers "
+                f"(e.g. {active[0]!r}) act differently: samples are random and depend on the "
+                "batch (call .eval() on it before sampling)",
+                stacklevel=3,
+            )
 
     def check_start(self, point: Point) -> None:
         """Raise ``ArgumentError`` if the model cannot give a data prediction at ``point``:

@@ -142,6 +142,8 @@ class _FiniteGuard:
 
 
 def _evaluator(model: Model, guard: _FiniteGuard, bar, cond, uncond):
+    model.check_mode()
+
     def evaluate(state: Tensor, point: Point, step: int) -> Prediction:
         pred = model.evaluate(state, point, cond, uncond)
         guard.check(pred, step, point.t)

@@ -1,5 +1,7 @@
 """Layer 2: parameterizations, guidance, thresholding, NFE accounting, input errors."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -138,3 +140,33 @@ def test_bad_model_output_and_arguments():
     fewstep.sample(eps_on_flow, torch.randn(2, 4), nfe=3, spacing=[0.9, 0.5, 0.001])
     with pytest.raises(ArgumentError, match="schedule"):
         fewstep.Model(lambda x, t: x, "edm", "sample")
+
+
+class _Net(torch.nn.Module):
+    """A tiny network with a mode-dependent layer (``layer``) and a harmless one."""
+
+    def __init__(self, layer: torch.nn.Module):
+        super().__init__()
+        self.linear, self.layer, self.off = torch.nn.Linear(4, 4), layer, torch.nn.Dropout(0.0)
+
+    def forward(self, x, t):
+        return self.off(self.layer(self.linear(x)))
+
+
+@pytest.mark.parametrize("layer", [torch.nn.Dropout(0.5), torch.nn.BatchNorm1d(4)])
+def test_a_network_in_training_mode_is_warned_about(layer):
+    """Dropout or batch statistics in training mode make samples random and batch-dependent:
+    sampling says so once it starts; in eval mode, or with only p=0 dropout, it is silent."""
+    net = _Net(layer)
+    noise = fewstep.randn((8, 4), seed=0)
+    for fn in (net, net.forward):  # the module, or a bound method of it
+        model = fewstep.Model(fn, fewstep.FlowSchedule(), "flow")
+        with pytest.warns(UserWarning, match=r"training mode.*'layer'.*\.eval\(\)"):
+            fewstep.sample(model, noise, solver="euler", nfe=2)
+    net.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fewstep.sample(fewstep.Model(net, fewstep.FlowSchedule(), "flow"), noise, nfe=2)
+        net.layer = torch.nn.Identity()
+        net.train()  # only the p=0 dropout is left in training mode
+        fewstep.sample(fewstep.Model(net, fewstep.FlowSchedule(), "flow"), noise, nfe=2)
