@@ -654,6 +654,56 @@ def test_a_descent_leaves_a_trainable_network_untouched(setup):
     assert refine(model, solver, 4, times, teacher, iterations=6) == trainable
 
 
+def test_a_descent_in_chunks_fits_the_same_loss_holding_fewer_noises(setup):
+    """``batch_size`` bounds the noises a differentiated run holds: the gradient of the
+    mean, accumulated over chunks, is the same up to float rounding, and so is the descent."""
+    _, model, calibration, target, _ = setup
+    teacher = replace(teacher_for(model, calibration), target=target)
+    solver, grid, _ = plan(model, "unipc", 4, order=2)
+    times = [float(point.t) for point in grid]
+    whole = refine(model, solver, 4, times, teacher, iterations=8)
+    seen = []
+    fn = model.fn
+    chunked_model = fewstep.Model(
+        lambda x, t: seen.append(x.shape[0]) or fn(x, t), model.schedule, model.prediction
+    )
+    chunked = refine(chunked_model, solver, 4, times, teacher, iterations=8, batch_size=5)
+    assert max(seen) == 5 and len(seen) > 8 * 4 * 5  # several chunks per run
+    for a, b in zip(whole[0], chunked[0], strict=True):
+        assert a == pytest.approx(b, rel=1e-9)
+    for a, b in zip(whole[1], chunked[1], strict=True):
+        assert a.scale == pytest.approx(b.scale, rel=1e-9, abs=1e-12)
+    assert chunked[3:] == pytest.approx(whole[3:], rel=1e-9)
+    with pytest.raises(fewstep.ArgumentError, match="batch_size"):
+        Descent(model, solver, 4, times, teacher, batch_size=0)
+
+
+def test_tune_calls_the_model_on_at_most_batch_size_noises(setup):
+    """``tune(batch_size=...)`` bounds every model call of tuning (the teacher, the scores,
+    the step costs, the descents and the finish) and tunes to the same sampler."""
+    pb, model, calibration, target, _ = setup
+    seen = []
+
+    def counted():  # a network of its own (no teacher cached for it)
+        return fewstep.Model(
+            lambda x, t: seen.append(x.shape[0]) or model.fn(x, t), pb.schedule, model.prediction
+        )
+
+    options = dict(calibration=calibration, target=target, iterations=3, progress=False)
+    whole = fewstep.tune(counted(), 3, **options)
+    assert max(seen) == calibration.shape[0]
+    seen.clear()
+    chunked_model = counted()
+    chunked = fewstep.tune(chunked_model, 3, batch_size=6, **options)
+    assert max(seen) == 6 and chunked.meta["teacher_calls"] > 0
+    assert chunked.meta["calibration_rmse"] == pytest.approx(
+        whole.meta["calibration_rmse"], rel=1e-6
+    )
+    assert chunked.times == pytest.approx(whole.times, rel=1e-6)
+    with pytest.raises(fewstep.ArgumentError, match="batch_size"):
+        fewstep.tune(chunked_model, 3, batch_size=-1, **options)
+
+
 def test_stage_three_finishes_only_the_descents_best_at_the_screen(setup, monkeypatch):
     """Every start's descent runs ``SCREEN`` of its steps; the ``KEEP`` with the lowest
     held-out error there run to the end, and only those are candidates; descents that draw
@@ -762,7 +812,7 @@ def test_tune_command_writes_a_config_that_sample_accepts(tmp_path, capsys):
     from fewstep.cli import main
 
     args = ["--model", "gmm-vp", "--nfe", "3", "--calibration", "8", "--iterations", "3"]
-    assert main(["tune", *args, "--out", str(tmp_path)]) == 0
+    assert main(["tune", *args, "--batch-size", "4", "--out", str(tmp_path)]) == 0
     path = tmp_path / "gmm-vp-nfe3.json"
     assert SamplerConfig.load(path).nfe == 3
     assert main(["sample", "--config", str(path), "--num-samples", "4"]) == 0

@@ -65,6 +65,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             method=args.method,
             iterations=args.iterations,
             analytic=not args.model_first,
+            batch_size=args.batch_size,
         )
         path = out / f"{stem}-nfe{nfe}.json"
         config.save(path)
@@ -106,6 +107,12 @@ def add_parser(subparsers) -> None:
         "--model-first",
         action="store_true",
         help="no analytic first step: a config the diffusers scheduler can run",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="the most calibration noises one run holds (bounds memory; default all)",
     )
     p.add_argument("--out", default="out/tune", help="directory of the config JSON files")
     p.set_defaults(func=_cmd_tune)

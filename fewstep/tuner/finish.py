@@ -20,29 +20,40 @@ from ..model import Model
 from ..program import Execution, Program
 from ..reference.metrics import per_sample_rmse
 from .config import Correction
-from .gradient import GRAD_EPS, held_out_split
+from .gradient import GRAD_EPS, chunks, held_out_split
 from .teacher import Teacher
 
 
-def run_features(model: Model, program: Program, teacher: Teacher) -> tuple[Tensor, Tensor]:
+def run_features(
+    model: Model, program: Program, teacher: Teacher, batch_size: int | None = None
+) -> tuple[Tensor, Tensor]:
     """(state, data) from the teacher's noises: the state the output evaluation was made at
-    (batch, ...) and every evaluation's data prediction (evaluations, batch, ...)."""
+    (batch, ...) and every evaluation's data prediction (evaluations, batch, ...); run in
+    chunks of at most ``batch_size`` noises."""
     keep_all = replace(program, releases=tuple(() for _ in program.instructions))
-    execution = Execution(keep_all, teacher.start(model.schedule), cond=teacher.cond)
-    state = None
-    with torch.no_grad():
-        while (ins := execution.advance()) is not None:
-            state = execution.state(ins)
-            execution.give(model.evaluate(state, ins.point, teacher.cond, teacher.uncond))
-    return state, torch.stack([r.data for r in execution.results])
+    inputs = (teacher.start(model.schedule), teacher.target, teacher.cond, teacher.uncond)
+    states, data = [], []
+    for x0, _, cond, uncond in chunks(inputs, teacher.noise.shape[0], batch_size):
+        execution = Execution(keep_all, x0, cond=cond)
+        with torch.no_grad():
+            while (ins := execution.advance()) is not None:
+                state = execution.state(ins)
+                execution.give(model.evaluate(state, ins.point, cond, uncond))
+        states.append(state)
+        data.append(torch.stack([r.data for r in execution.results]))
+    return torch.cat(states), torch.cat(data, 1)
 
 
 def fit_finish(
-    model: Model, program: Program, teacher: Teacher, iterations: int = 100
+    model: Model,
+    program: Program,
+    teacher: Teacher,
+    iterations: int = 100,
+    batch_size: int | None = None,
 ) -> tuple[Correction | None, float, float]:
     """(the finish, or None where it does not lower the held-out error; the held-out mean
     RMSE without and with it) for a program without a finish."""
-    state, data = run_features(model, program, teacher)
+    state, data = run_features(model, program, teacher, batch_size)
     if program.finish is not None or program.output != data.shape[0] - 1:
         raise ValueError("fit_finish needs a program whose result is its last evaluation")
     target = teacher.target.to(data)

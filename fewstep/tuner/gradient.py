@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..analytic import GaussianData, analytic_start
-from ..errors import NonFiniteError
+from ..errors import ArgumentError, NonFiniteError
 from ..model import Model, Point
 from ..program import Combine, Program
 from ..reference.metrics import per_sample_rmse
@@ -87,10 +87,21 @@ def _subset(x: Tensor, target: Tensor, cond, uncond, part: Tensor):
     return x[part], target[part], pick(cond), pick(uncond)
 
 
-def sample_rmse(x: Tensor, target: Tensor) -> Tensor:
-    """Mean over samples of the per-sample RMSE: the metric fewstep reports, fitted directly
-    (a pooled MSE would let a few hard samples dominate)."""
-    return per_sample_rmse(x, target, eps=GRAD_EPS).mean()
+def chunks(inputs, size: int, batch_size: int | None) -> list:
+    """(noises, targets, cond, uncond) of ``size`` samples in chunks of at most
+    ``batch_size`` (the inputs themselves where they fit in one)."""
+    if batch_size is None or size <= batch_size:
+        return [inputs]
+    return [_subset(*inputs, part) for part in torch.arange(size).split(batch_size)]
+
+
+def check_batch_size(batch_size: int | None) -> int | None:
+    """``batch_size`` if None or a positive integer, else ``ArgumentError``."""
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ArgumentError("batch_size", f"must be a positive integer, got {batch_size!r}")
+    return batch_size
 
 
 def tensor_points(schedule: NoiseSchedule, times: Tensor) -> tuple[Point, ...]:
@@ -169,7 +180,9 @@ class Descent:
     of its noises. Call times (the times the network sees, offsets in log tau from the grid's)
     are learned with ``learn_call_times``: the time-shift sampler's correction of exposure
     bias. With ``gaussian`` the first evaluation is the analytic first step (nfe model
-    calls)."""
+    calls). ``batch_size`` bounds how many noises one differentiated run holds (its memory:
+    every network call's activations are kept for the backward pass); a step then
+    accumulates the gradient over chunks of its batch, to the same loss."""
 
     def __init__(
         self,
@@ -188,10 +201,12 @@ class Descent:
         lr_coefficients: float = 2e-3,
         gaussian: GaussianData | None = None,
         progress=None,
+        batch_size: int | None = None,
     ):
         schedule = model.schedule
         self.model, self.solver, self.nfe, self.gaussian = model, solver, nfe, gaussian
         self.iterations, self.progress = iterations, progress
+        self.batch_size = check_batch_size(batch_size)
         self.learn_coefficients, self.learn_call_times = learn_coefficients, learn_call_times
         self.grid = GridParameters(schedule, times, learn_end and learn_times)
         self.grid.theta.requires_grad_(learn_times)
@@ -312,7 +327,12 @@ class Descent:
         with torch.no_grad():
             program = self._program()
             try:
-                held_errors = self._errors(program, self.held_inputs)
+                held_errors = torch.cat(
+                    [
+                        self._errors(program, chunk)
+                        for chunk in chunks(self.held_inputs, len(self.held), self.batch_size)
+                    ]
+                )
             except NonFiniteError:  # parameters off the sampler's domain: never kept
                 held_errors = torch.full((len(self.held),), math.inf, dtype=torch.float64)
             calls = (
@@ -329,16 +349,21 @@ class Descent:
 
     def _step(self) -> None:
         self.optimizer.zero_grad()
-        try:
-            loss = self._errors(self._program(), self._fitting_batch()).mean()
-        except NonFiniteError:
-            loss = None  # the parameters left the sampler's domain: keep what was seen
-        if loss is None or not torch.isfinite(loss):
-            self.stopped = True
-            return
-        # gradients of the sampler's parameters only: a network whose weights require grad
-        # (as a diffusers model's do) gets no weight gradients computed or left on it
-        loss.backward(inputs=[p for g in self.groups for p in g["params"]])
+        batch = self._fitting_batch()
+        size = batch[0].shape[0]
+        parts = chunks(batch, size, self.batch_size)
+        for chunk in parts:  # the gradient of the mean, accumulated chunk by chunk
+            try:
+                errors = self._errors(self._program(), chunk)
+            except NonFiniteError:
+                errors = None  # the parameters left the sampler's domain: keep what was seen
+            if errors is None or not bool(torch.isfinite(errors).all()):
+                self.stopped = True
+                return
+            loss = errors.mean() if len(parts) == 1 else errors.sum() / size
+            # gradients of the sampler's parameters only: a network whose weights require
+            # grad (as a diffusers model's do) gets no weight gradients computed or left on it
+            loss.backward(inputs=[p for g in self.groups for p in g["params"]])
         grads = [p.grad for g in self.groups for p in g["params"] if p.grad is not None]
         if not all(bool(torch.isfinite(g).all()) for g in grads):
             self.stopped = True  # a step would poison the parameters: keep the best seen

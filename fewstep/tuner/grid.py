@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..digest import content_digest
 from ..model import Model, points
+from .gradient import chunks
 from .teacher import Teacher
 
 
@@ -22,16 +23,18 @@ def _mean_sq(x: Tensor) -> Tensor:
     return x.pow(2).reshape(*x.shape[:2], -1).mean(-1).mean(-1)  # over batch and features
 
 
-def step_costs(model: Model, teacher: Teacher) -> tuple[Tensor, Tensor]:
+def step_costs(
+    model: Model, teacher: Teacher, batch_size: int | None = None
+) -> tuple[Tensor, Tensor]:
     """(cost[a, b] of a DDIM step a -> b, end cost[e]), computed once per teacher and target
-    and cached on the teacher."""
+    and cached on the teacher (the model called on at most ``batch_size`` noises at once)."""
     key = content_digest(teacher.target)
     if key not in teacher.costs:
-        teacher.costs[key] = _step_costs(model, teacher)
+        teacher.costs[key] = _step_costs(model, teacher, batch_size)
     return teacher.costs[key]
 
 
-def _step_costs(model: Model, teacher: Teacher) -> tuple[Tensor, Tensor]:
+def _step_costs(model: Model, teacher: Teacher, batch_size: int | None) -> tuple[Tensor, Tensor]:
     """The costs, point by point: the model's data prediction at one teacher state at a time
     (T x batch calls), so no (T, batch, ...) stack of predictions is held."""
     schedule = model.schedule
@@ -45,8 +48,14 @@ def _step_costs(model: Model, teacher: Teacher) -> tuple[Tensor, Tensor]:
     cost = torch.full((n, n), float("inf"), dtype=torch.float64)
     end = torch.empty(n, dtype=torch.float64)
     for a, point in enumerate(pts):
+        inputs = (states[a], teacher.target, teacher.cond, teacher.uncond)
         with torch.no_grad():
-            data = model.evaluate(states[a], point, teacher.cond, teacher.uncond).data
+            data = torch.cat(
+                [
+                    model.evaluate(x, point, cond, uncond).data
+                    for x, _, cond, uncond in chunks(inputs, states.shape[1], batch_size)
+                ]
+            )
         end[a] = _mean_sq((data - teacher.target)[None])[0].double()
         if a == n - 1:
             break

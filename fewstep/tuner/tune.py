@@ -42,12 +42,13 @@ from ..analytic import GaussianData
 from ..errors import ArgumentError
 from ..model import Model
 from ..program import Combine
+from ..reference.metrics import per_sample_rmse
 from ..sampling import plan, run
 from ..solvers import get_solver
 from ..spacing import Times
 from .config import Correction, SamplerConfig
 from .finish import fit_finish
-from .gradient import Descent, sample_rmse
+from .gradient import GRAD_EPS, Descent, check_batch_size, chunks
 from .grid import dp_grid, step_costs
 from .teacher import Teacher, TeacherCache
 
@@ -79,12 +80,18 @@ def _check_calibration(calibration) -> None:
         raise ArgumentError("calibration", "give the calibration noises as a (batch, ...) tensor")
 
 
-def teacher_for(model: Model, noise: Tensor, cond=None, uncond=None) -> Teacher:
+def teacher_for(
+    model: Model, noise: Tensor, cond=None, uncond=None, batch_size: int | None = None
+) -> Teacher:
     """The teacher for these calibration inputs, computed once per model (network, guidance,
     schedule) and inputs (noises and conditions, by content) and cached in memory so that
-    tuning several budgets reuses it (``tune`` swaps in a given target)."""
+    tuning several budgets reuses it (``tune`` swaps in a given target); ``batch_size``
+    bounds the noises solved at once."""
     key = TEACHERS.key(model, noise, cond, uncond)
-    return TEACHERS.get(key, lambda: Teacher.solve(model, noise, cond=cond, uncond=uncond))
+    return TEACHERS.get(
+        key,
+        lambda: Teacher.solve(model, noise, cond=cond, uncond=uncond, batch_size=batch_size),
+    )
 
 
 def calibration_loss(
@@ -95,6 +102,7 @@ def calibration_loss(
     nfe: int,
     times,
     gaussian: GaussianData | None = None,
+    batch_size: int | None = None,
 ) -> float:
     """Mean per-sample RMSE of the plain solver on these times against the teacher's target
     (with ``gaussian``, its first evaluation is the analytic first step)."""
@@ -102,7 +110,7 @@ def calibration_loss(
         program = _config(model, solver, options, nfe, times, gaussian).program(model)
     except ArgumentError:
         return float("inf")
-    return program_loss(model, teacher, program)
+    return program_loss(model, teacher, program, batch_size)
 
 
 def _config(
@@ -129,17 +137,23 @@ def _config(
     )
 
 
-def config_loss(model: Model, teacher: Teacher, config: SamplerConfig) -> float:
+def config_loss(
+    model: Model, teacher: Teacher, config: SamplerConfig, batch_size: int | None = None
+) -> float:
     """Mean per-sample RMSE of a configured sampler against the teacher's target."""
-    return program_loss(model, teacher, config.program(model))
+    return program_loss(model, teacher, config.program(model), batch_size)
 
 
-def program_loss(model: Model, teacher: Teacher, program) -> float:
-    """Mean per-sample RMSE of a compiled program from the teacher's noises."""
+def program_loss(model: Model, teacher: Teacher, program, batch_size: int | None = None) -> float:
+    """Mean per-sample RMSE of a compiled program from the teacher's noises (run in chunks
+    of at most ``batch_size``)."""
+    inputs = (teacher.start(model.schedule), teacher.target, teacher.cond, teacher.uncond)
+    errors = []
     with torch.no_grad():
-        x0 = teacher.start(model.schedule)
-        out = run(model, program, x0, cond=teacher.cond, uncond=teacher.uncond)
-    return float(sample_rmse(out, teacher.target.to(out)))
+        for x0, target, cond, uncond in chunks(inputs, teacher.noise.shape[0], batch_size):
+            out = run(model, program, x0, cond=cond, uncond=uncond)
+            errors.append(per_sample_rmse(out, target.to(out), eps=GRAD_EPS))
+    return float(torch.cat(errors).mean())
 
 
 def tune(
@@ -155,6 +169,7 @@ def tune(
     target: Tensor | None = None,
     iterations: int = 600,
     analytic: bool = True,
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> SamplerConfig:
     """A sampler configuration for ``model`` at ``nfe`` model calls, fitted on the
@@ -178,15 +193,20 @@ def tune(
             gets one more evaluation; its mean is per class when ``cond`` holds one integer
             label per sample); False for samplers a diffusers pipeline runs, which calls
             the model on its initial latents first.
+        batch_size: the most noises the teacher's solve and a gradient descent's
+            differentiated run hold at once (a descent keeps every network call's
+            activations for its backward pass: bound it for large models; the descent then
+            accumulates each step's gradient over chunks, to the same loss); None: all.
     """
     if method not in METHODS:
         raise ArgumentError("method", f"unknown {method!r}", f"one of {METHODS}")
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 2:
         raise ArgumentError("nfe", f"tuning needs at least 2 model calls, got {nfe!r}")
     _check_calibration(calibration)
+    check_batch_size(batch_size)
     start_time = time.perf_counter()
     cached = teacher is not None or TEACHERS.key(model, calibration, cond, uncond) in TEACHERS
-    teacher = teacher or teacher_for(model, calibration, cond, uncond)
+    teacher = teacher or teacher_for(model, calibration, cond, uncond, batch_size)
     calls_before = model.nfe  # after the teacher: its calls are reported apart
     if target is not None:
         teacher = replace(teacher, target=target)
@@ -198,9 +218,9 @@ def tune(
     first_steps = [None]
     if analytic and method == "full":
         first_steps.append(_fit_gaussian(teacher))
-    costs = step_costs(model, teacher) if method in ("grid", "orders", "full") else None
+    costs = step_costs(model, teacher, batch_size) if method in ("grid", "orders", "full") else None
     families = [
-        _score_candidates(model, teacher, nfe, method, solver, gaussian, costs)
+        _score_candidates(model, teacher, nfe, method, solver, gaussian, costs, batch_size)
         for gaussian in first_steps
     ]
     plain = families[0][0]  # the plain default: the starting point
@@ -215,19 +235,21 @@ def tune(
         if searched.loss > FAMILY_MARGIN * leader:
             continue
         if method in ("orders", "full"):
-            searched = _search_orders(model, teacher, searched, nfe)
+            searched = _search_orders(model, teacher, searched, nfe, batch_size)
         if searched.loss < best.loss:
             best = searched
         if method in ("grid", "coefficients", "full"):
             starts += _starts(model, searched, family, nfe)
     for start, loss, times, start_corrections, start_calls in _descend(
-        model, teacher, starts, nfe, method, iterations, bar
+        model, teacher, starts, nfe, method, iterations, bar, batch_size
     ):
         if loss < best.loss:  # otherwise the searched sampler stands
             best = start._replace(loss=loss, times=times)
             corrections, call_times = start_corrections, start_calls
     if method in ("coefficients", "full"):
-        best, corrections = _finished(model, teacher, best, nfe, corrections, call_times)
+        best, corrections = _finished(
+            model, teacher, best, nfe, corrections, call_times, batch_size
+        )
     bar.close()
     # pin the defaults that decide the program, so a saved config outlives a default's change
     options = best.options
@@ -333,13 +355,14 @@ def _descend(
     method: str,
     iterations: int,
     bar,
+    batch_size: int | None = None,
 ) -> list[tuple[Candidate, float, list[float], list, list[float] | None]]:
     """Stage 3, screened (successive halving) unless the descents draw minibatches: a
     descent from each start runs ``SCREEN`` of its steps, then the ``KEEP`` with the lowest
     held-out error so far run to the end. (start, calibration loss, times, corrections, call
     times) of each finished descent."""
     descents = [
-        _descent(model, teacher, start, nfe, method, iterations, bar, rates)
+        _descent(model, teacher, start, nfe, method, iterations, bar, rates, batch_size)
         for start, rates in starts
     ]
     screen = min(iterations, math.ceil(SCREEN * iterations))
@@ -358,7 +381,8 @@ def _descend(
         config = _config(
             model, start.solver, start.options, nfe, times, start.gaussian, corrections, calls
         )
-        finished.append((start, config_loss(model, teacher, config), times, corrections, calls))
+        loss = config_loss(model, teacher, config, batch_size)
+        finished.append((start, loss, times, corrections, calls))
     return finished
 
 
@@ -369,6 +393,7 @@ def _finished(
     nfe: int,
     corrections: list[Correction],
     call_times: list[float] | None,
+    batch_size: int | None = None,
 ) -> tuple[Candidate, list[Correction]]:
     """The finish stage: the best sampler with a finish (``fit_finish``) where that lowers the
     held-out quarter's error and the calibration loss; (candidate, corrections)."""
@@ -376,12 +401,12 @@ def _finished(
         model, best.solver, best.options, nfe, best.times, best.gaussian, corrections, call_times
     )
     program = config.program(model)
-    finish, _, _ = fit_finish(model, program, teacher)
+    finish, _, _ = fit_finish(model, program, teacher, batch_size=batch_size)
     if finish is None:
         return best, corrections
     combinations = sum(isinstance(ins, Combine) for ins in program.instructions)
     finished = [*(corrections or [Correction()] * combinations), finish]
-    loss = config_loss(model, teacher, replace(config, corrections=finished))
+    loss = config_loss(model, teacher, replace(config, corrections=finished), batch_size)
     if not loss < best.loss:
         return best, corrections
     return best._replace(loss=loss), finished
@@ -404,6 +429,7 @@ def _score_candidates(
     solver: str | None,
     gaussian: GaussianData | None,
     costs: tuple[Tensor, Tensor] | None,
+    batch_size: int | None = None,
 ) -> list[Candidate]:
     """The candidate solvers on the default grid and, given the teacher's step ``costs``,
     the dynamic-programming grid, scored; the first is the plain default (``solver="auto"``
@@ -425,12 +451,14 @@ def _score_candidates(
         for label, times in grids.items():
             if get_solver(name, **options).grid_size(evaluations, False) != len(times):
                 continue
-            loss = calibration_loss(model, teacher, name, options, nfe, times, gaussian)
+            loss = calibration_loss(model, teacher, name, options, nfe, times, gaussian, batch_size)
             scored.append(Candidate(loss, name, options, times, label, gaussian))
     return scored
 
 
-def _search_orders(model: Model, teacher: Teacher, best: Candidate, nfe: int) -> Candidate:
+def _search_orders(
+    model: Model, teacher: Teacher, best: Candidate, nfe: int, batch_size: int | None = None
+) -> Candidate:
     """Each step's order, greedily (two sweeps), for a solver that takes per-step orders.
     A trial that compiles to the current sampler (an order above the history a step has,
     as on a multistep's first step) is skipped: it would cost a calibration run and tie."""
@@ -449,7 +477,14 @@ def _search_orders(model: Model, teacher: Teacher, best: Candidate, nfe: int) ->
                 if program == current:
                     continue
                 value = calibration_loss(
-                    model, teacher, best.solver, candidate.options, nfe, best.times, best.gaussian
+                    model,
+                    teacher,
+                    best.solver,
+                    candidate.options,
+                    nfe,
+                    best.times,
+                    best.gaussian,
+                    batch_size,
                 )
                 if value < best.loss:
                     best, orders, improved = candidate._replace(loss=value), trial, True
@@ -468,6 +503,7 @@ def _descent(
     iterations: int,
     bar,
     rates: dict,
+    batch_size: int | None = None,
 ) -> Descent:
     """A gradient descent from ``start`` that learns what ``method`` tunes (``rates``:
     learning rates other than ``Descent``'s defaults)."""
@@ -483,5 +519,6 @@ def _descent(
         learn_call_times=method == "full",
         gaussian=start.gaussian,
         progress=bar,
+        batch_size=batch_size,
         **rates,
     )
