@@ -33,7 +33,7 @@ def run_features(
     keep_all = replace(program, releases=tuple(() for _ in program.instructions))
     inputs = (teacher.start(model.schedule), teacher.target, teacher.cond, teacher.uncond)
     states, data = [], []
-    for x0, _, cond, uncond in chunks(inputs, teacher.noise.shape[0], batch_size):
+    for x0, _, cond, uncond in chunks(inputs, batch_size):
         execution = Execution(keep_all, x0, cond=cond)
         with torch.no_grad():
             while (ins := execution.advance()) is not None:

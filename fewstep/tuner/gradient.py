@@ -87,12 +87,25 @@ def _subset(x: Tensor, target: Tensor, cond, uncond, part: Tensor):
     return x[part], target[part], pick(cond), pick(uncond)
 
 
-def chunks(inputs, size: int, batch_size: int | None) -> list:
-    """(noises, targets, cond, uncond) of ``size`` samples in chunks of at most
-    ``batch_size`` (the inputs themselves where they fit in one)."""
+def chunks(inputs, batch_size: int | None) -> list:
+    """(noises, targets, cond, uncond) in chunks of at most ``batch_size`` samples (the
+    inputs themselves where they fit in one)."""
+    size = inputs[0].shape[0]
     if batch_size is None or size <= batch_size:
         return [inputs]
     return [_subset(*inputs, part) for part in torch.arange(size).split(batch_size)]
+
+
+def program_errors(model: Model, program: Program, inputs, batch_size: int | None = None) -> Tensor:
+    """Per-sample RMSE of ``program`` run from the inputs' noises against their targets, in
+    chunks of at most ``batch_size``: the metric fewstep reports, fitted directly (a pooled
+    MSE would let a few hard samples dominate)."""
+    return torch.cat(
+        [
+            per_sample_rmse(run(model, program, x, cond=cond, uncond=uncond), y, eps=GRAD_EPS)
+            for x, y, cond, uncond in chunks(inputs, batch_size)
+        ]
+    )
 
 
 def check_batch_size(batch_size: int | None) -> int | None:
@@ -315,11 +328,6 @@ class Descent:
         draw = torch.randperm(len(self.fit), generator=self.draw)[:FIT_BATCH]
         return _subset(*self.inputs, self.fit[draw])
 
-    def _errors(self, program: Program, inputs) -> Tensor:
-        x, y, cond, uncond = inputs
-        out = run(self.model, program, x, cond=cond, uncond=uncond)
-        return per_sample_rmse(out, y, eps=GRAD_EPS)
-
     def _snapshot(self):
         # per-sample held-out errors, compared on the mean (the metric fitted and reported:
         # the median is blind to the few samples a sampler sends to another mode, which
@@ -327,12 +335,7 @@ class Descent:
         with torch.no_grad():
             program = self._program()
             try:
-                held_errors = torch.cat(
-                    [
-                        self._errors(program, chunk)
-                        for chunk in chunks(self.held_inputs, len(self.held), self.batch_size)
-                    ]
-                )
+                held_errors = program_errors(self.model, program, self.held_inputs, self.batch_size)
             except NonFiniteError:  # parameters off the sampler's domain: never kept
                 held_errors = torch.full((len(self.held),), math.inf, dtype=torch.float64)
             calls = (
@@ -351,10 +354,10 @@ class Descent:
         self.optimizer.zero_grad()
         batch = self._fitting_batch()
         size = batch[0].shape[0]
-        parts = chunks(batch, size, self.batch_size)
+        parts = chunks(batch, self.batch_size)
         for chunk in parts:  # the gradient of the mean, accumulated chunk by chunk
             try:
-                errors = self._errors(self._program(), chunk)
+                errors = program_errors(self.model, self._program(), chunk)
             except NonFiniteError:
                 errors = None  # the parameters left the sampler's domain: keep what was seen
             if errors is None or not bool(torch.isfinite(errors).all()):

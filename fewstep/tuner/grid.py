@@ -53,7 +53,7 @@ def _step_costs(model: Model, teacher: Teacher, batch_size: int | None) -> tuple
             data = torch.cat(
                 [
                     model.evaluate(x, point, cond, uncond).data
-                    for x, _, cond, uncond in chunks(inputs, states.shape[1], batch_size)
+                    for x, _, cond, uncond in chunks(inputs, batch_size)
                 ]
             )
         end[a] = _mean_sq((data - teacher.target)[None])[0].double()

@@ -42,13 +42,12 @@ from ..analytic import GaussianData
 from ..errors import ArgumentError
 from ..model import Model
 from ..program import Combine
-from ..reference.metrics import per_sample_rmse
-from ..sampling import plan, run
+from ..sampling import plan
 from ..solvers import get_solver
 from ..spacing import Times
 from .config import Correction, SamplerConfig
 from .finish import fit_finish
-from .gradient import GRAD_EPS, Descent, check_batch_size, chunks
+from .gradient import Descent, check_batch_size, program_errors
 from .grid import dp_grid, step_costs
 from .teacher import Teacher, TeacherCache
 
@@ -148,12 +147,8 @@ def program_loss(model: Model, teacher: Teacher, program, batch_size: int | None
     """Mean per-sample RMSE of a compiled program from the teacher's noises (run in chunks
     of at most ``batch_size``)."""
     inputs = (teacher.start(model.schedule), teacher.target, teacher.cond, teacher.uncond)
-    errors = []
     with torch.no_grad():
-        for x0, target, cond, uncond in chunks(inputs, teacher.noise.shape[0], batch_size):
-            out = run(model, program, x0, cond=cond, uncond=uncond)
-            errors.append(per_sample_rmse(out, target.to(out), eps=GRAD_EPS))
-    return float(torch.cat(errors).mean())
+        return float(program_errors(model, program, inputs, batch_size).mean())
 
 
 def tune(
