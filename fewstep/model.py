@@ -26,10 +26,11 @@ MODE_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm
 
 
 def _network(fn: Callable[..., Tensor]) -> nn.Module | None:
-    """The module behind ``fn``: fn itself, or the module a bound method belongs to."""
+    """The module behind ``fn``: fn itself, the module a bound method belongs to, or an
+    adapter's ``network`` (``fewstep.integrations.diffusers.network_model``'s)."""
     if isinstance(fn, nn.Module):
         return fn
-    owner = getattr(fn, "__self__", None)
+    owner = getattr(fn, "__self__", None) or getattr(fn, "network", None)
     return owner if isinstance(owner, nn.Module) else None
 
 

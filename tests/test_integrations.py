@@ -1,4 +1,5 @@
-"""Drop-ins: fewstep inside diffusers pipelines, and k-diffusion-style sampler functions."""
+"""Drop-ins: fewstep inside diffusers pipelines (and a pipeline's network tuned and sampled
+by fewstep), and k-diffusion-style sampler functions."""
 
 import math
 import warnings
@@ -13,7 +14,7 @@ from fewstep.solvers import SOLVERS
 from fewstep.spacing import Times
 
 diffusers = pytest.importorskip("diffusers")
-from fewstep.integrations.diffusers import FewstepScheduler  # noqa: E402
+from fewstep.integrations.diffusers import FewstepScheduler, network_model  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -38,11 +39,15 @@ def _pipeline_loop(scheduler, fn, noise, steps, **set_kwargs):
     return x
 
 
+def _sd_scheduler():
+    return diffusers.DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012
+    )
+
+
 def _vp_setup():
     gmm = _gmm()
-    config = diffusers.DDPMScheduler(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012
-    ).config
+    config = _sd_scheduler().config
     schedule = fewstep.VPSchedule.scaled_linear()
     inner = gmm.prediction_fn(schedule, "epsilon")
     fn = lambda x, t: inner(x, torch.as_tensor(t, dtype=torch.float32).expand(x.shape[0]))  # noqa: E731
@@ -144,12 +149,12 @@ def test_scheduler_errors_name_the_argument():
         FewstepScheduler(prediction_type="noise")
 
 
-def _tiny_unet():
+def _tiny_unet(out_channels=1):
     torch.manual_seed(0)
     return diffusers.UNet2DModel(
         sample_size=8,
         in_channels=1,
-        out_channels=1,
+        out_channels=out_channels,
         layers_per_block=1,
         block_out_channels=(8, 16),
         down_block_types=("DownBlock2D", "DownBlock2D"),
@@ -158,25 +163,33 @@ def _tiny_unet():
     ).eval()
 
 
-@pytest.mark.parametrize("pipeline", ["DDPMPipeline", "DDIMPipeline"])
-@pytest.mark.parametrize("solver", ["auto", "heun"])
-def test_real_pipelines_run_fewstep(pipeline, solver):
-    unet = _tiny_unet()
-    base = diffusers.DDPMScheduler(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012
-    )
-    pipe = getattr(diffusers, pipeline)(unet=unet, scheduler=base)
-    pipe.scheduler = FewstepScheduler.from_config(base.config, solver=solver)
+def _pipeline_images(pipe, steps):
+    """Two images from an unconditional pipeline, and the noise it started them from."""
     pipe.set_progress_bar_config(disable=True)
     images = pipe(
         batch_size=2,
         generator=torch.Generator().manual_seed(0),
-        num_inference_steps=7,
+        num_inference_steps=steps,
         output_type="np",
     ).images
+    return images, torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+
+
+def _as_images(x):
+    """What the pipeline makes of final latents x."""
+    return (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+@pytest.mark.parametrize("pipeline", ["DDPMPipeline", "DDIMPipeline"])
+@pytest.mark.parametrize("solver", ["auto", "heun"])
+def test_real_pipelines_run_fewstep(pipeline, solver):
+    unet = _tiny_unet()
+    base = _sd_scheduler()
+    pipe = getattr(diffusers, pipeline)(unet=unet, scheduler=base)
+    pipe.scheduler = FewstepScheduler.from_config(base.config, solver=solver)
+    images, noise = _pipeline_images(pipe, 7)
     assert images.shape == (2, 8, 8, 1)
     # the same result as fewstep.sample on the network, from the pipeline's noise
-    noise = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(0))
     sched = pipe.scheduler
     times = sorted({float(t) for t in sched.timesteps}, reverse=True)
     model = fewstep.Model(
@@ -184,15 +197,12 @@ def test_real_pipelines_run_fewstep(pipeline, solver):
     )
     with torch.no_grad():
         x = fewstep.sample(model, noise, solver=solver, nfe=7, spacing=Times(tuple(times)))
-    expected = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    assert abs(images - expected).max() < 1e-5
+    assert abs(images - _as_images(x)).max() < 1e-5
 
 
-def test_flow_transformer_in_a_pipeline_loop():
-    """SD3's transformer, built from a tiny config (a full SD3 pipeline also needs text
-    encoders and tokenizers, which cannot be built offline), in the SD3 pipeline's loop."""
+def _sd3_transformer():
     torch.manual_seed(0)
-    transformer = diffusers.SD3Transformer2DModel(
+    return diffusers.SD3Transformer2DModel(
         sample_size=8,
         patch_size=2,
         in_channels=4,
@@ -204,6 +214,12 @@ def test_flow_transformer_in_a_pipeline_loop():
         pooled_projection_dim=16,
         out_channels=4,
     ).eval()
+
+
+def test_flow_transformer_in_a_pipeline_loop():
+    """SD3's transformer, built from a tiny config (a full SD3 pipeline also needs text
+    encoders and tokenizers, which cannot be built offline), in the SD3 pipeline's loop."""
+    transformer = _sd3_transformer()
     text, pooled = torch.randn(2, 3, 16), torch.randn(2, 16)
 
     def fn(x, t):
@@ -220,6 +236,153 @@ def test_flow_transformer_in_a_pipeline_loop():
     model = fewstep.Model(lambda x_, t: fn(x_, t * 1000), fewstep.FlowSchedule(3.0), "flow")
     ref = fewstep.sample(model, noise, solver="dpmpp_2m", nfe=6)
     torch.testing.assert_close(x, ref, rtol=1e-5, atol=1e-5)
+
+
+# -- network_model: a pipeline's network as a fewstep Model ---------------------------------
+
+
+def test_a_sampler_tuned_on_a_unet_runs_the_same_in_its_pipeline(tmp_path):
+    unet, base = _tiny_unet(), _sd_scheduler()
+    model = network_model(unet, base)
+    assert model.prediction == "epsilon"
+    assert model.schedule.config() == fewstep.VPSchedule.scaled_linear().config()
+    calibration = fewstep.randn((8, 1, 8, 8), seed=3)
+    with torch.no_grad():
+        config = fewstep.tune(
+            model, 4, calibration=calibration, iterations=8, analytic=False, progress=False
+        )
+    path = tmp_path / "unet-nfe4.json"
+    config.save(path)
+    pipe = diffusers.DDPMPipeline(
+        unet=unet, scheduler=FewstepScheduler.from_config(base.config, tuned=str(path))
+    )
+    images, noise = _pipeline_images(pipe, 4)
+    with torch.no_grad():
+        x = fewstep.sample(model, noise, config=path)
+    assert abs(images - _as_images(x)).max() < 1e-5
+
+
+def test_a_guided_flow_transformer_samples_as_its_pipeline_loop_does():
+    """SD3's loop with classifier-free guidance and dynamic shifting, against fewstep.sample
+    on network_model: the same timesteps, conditions and guidance reach the network."""
+    transformer = _sd3_transformer()
+    config = diffusers.FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15
+    ).config
+    text, pooled = torch.randn(2, 3, 16), torch.randn(2, 16)
+    empty, empty_pooled = torch.zeros(2, 3, 16), torch.zeros(2, 16)
+    noise, mu, scale = fewstep.randn((2, 4, 8, 8), 7), 0.8, 4.0
+
+    sched = FewstepScheduler.from_config(config, solver="dpmpp_2m")
+    sched.set_timesteps(6, mu=mu)
+    x = noise * sched.init_noise_sigma
+    with torch.no_grad():
+        for t in sched.timesteps:  # the SD3 pipeline's loop
+            out_u, out_c = transformer(
+                hidden_states=torch.cat([x, x]),
+                timestep=t.expand(4),
+                encoder_hidden_states=torch.cat([empty, text]),
+                pooled_projections=torch.cat([empty_pooled, pooled]),
+                return_dict=False,
+            )[0].chunk(2)
+            x = sched.step(out_u + scale * (out_c - out_u), t, x).prev_sample
+
+    model = network_model(transformer, config, mu=mu, guidance_scale=scale)
+    with torch.no_grad():
+        ref = fewstep.sample(
+            model,
+            noise,
+            solver="dpmpp_2m",
+            nfe=6,
+            cond={"encoder_hidden_states": text, "pooled_projections": pooled},
+            uncond={"encoder_hidden_states": empty, "pooled_projections": empty_pooled},
+        )
+    torch.testing.assert_close(ref, x, rtol=1e-6, atol=1e-6)
+
+    with pytest.raises(fewstep.ArgumentError, match="mu"):
+        network_model(transformer, config)  # the shift depends on the image size
+    with pytest.raises(fewstep.ArgumentError, match="mu"):
+        network_model(_tiny_unet(), _sd_scheduler(), mu=0.5)
+    with pytest.raises(fewstep.ArgumentError, match="prompt"):
+        fewstep.sample(model, noise, nfe=4, cond={"prompt": text}, uncond={"prompt": empty})
+
+
+def test_an_sdxl_unet_gets_its_added_conditions_and_a_learned_variance_is_dropped():
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=8,  # epsilon and a variance, as DeepFloyd IF's UNets predict
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=2,
+        norm_num_groups=4,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=4,
+        projection_class_embeddings_input_dim=8 + 6 * 4,
+    ).eval()
+    model = network_model(unet, _sd_scheduler())
+    x, t = torch.randn(3, 4, 8, 8), torch.tensor([900.0, 500.5, 20.0])
+    cond = {
+        "encoder_hidden_states": torch.randn(3, 5, 16),
+        "text_embeds": torch.randn(3, 8),
+        "time_ids": torch.randn(3, 6),
+    }
+    with torch.no_grad():
+        got = model.fn(x, t, **cond)
+        added = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]}
+        want = unet(x, t, cond["encoder_hidden_states"], added_cond_kwargs=added).sample
+    assert torch.equal(got, want[:, :4])
+
+
+def test_flux_like_transformers_get_the_timestep_per_thousand_and_fixed_inputs():
+    torch.manual_seed(0)
+    transformer = diffusers.FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        pooled_projection_dim=16,
+        axes_dims_rope=(2, 2, 4),
+    ).eval()
+    ids = {"img_ids": torch.zeros(6, 3), "txt_ids": torch.zeros(3, 3)}
+    config = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0).config
+    model = network_model(transformer, config, fixed=ids)
+    x, t = torch.randn(2, 6, 4), torch.tensor([0.9, 0.25])
+    cond = {
+        "encoder_hidden_states": torch.randn(2, 3, 16),
+        "pooled_projections": torch.randn(2, 16),
+    }
+    with torch.no_grad():
+        got = model.fn(x, t, **cond)
+        pipeline_timestep = t * 1000  # FewstepScheduler's timesteps, which Flux's loop divides
+        want = transformer(hidden_states=x, timestep=pipeline_timestep / 1000, **cond, **ids).sample
+        assert torch.equal(got, want)
+        doubled = network_model(transformer, config, fixed=ids, timestep=lambda s: s / 500)
+        want = transformer(hidden_states=x, timestep=2 * t, **cond, **ids).sample
+        torch.testing.assert_close(doubled.fn(x, t, **cond), want)
+
+
+def test_network_model_errors_name_the_argument():
+    with pytest.raises(fewstep.ArgumentError, match="network"):
+        network_model(lambda x, t: x, _sd_scheduler())
+    with pytest.raises(fewstep.ArgumentError, match="scheduler"):
+        network_model(_tiny_unet(), "scaled_linear")
+    with pytest.raises(fewstep.ArgumentError, match="fixed"):
+        network_model(_tiny_unet(), _sd_scheduler(), fixed=[1])
+    with pytest.raises(fewstep.ArgumentError, match=r"fixed\['img_ids'\]"):
+        fixed = network_model(_tiny_unet(), _sd_scheduler(), fixed={"img_ids": torch.zeros(6, 3)})
+        fixed.fn(torch.randn(1, 1, 8, 8), torch.tensor([500.0]))
+    unet = _tiny_unet().train()
+    unet.mid_block.resnets[0].dropout.p = 0.1
+    with pytest.warns(UserWarning, match="training mode"):
+        fewstep.sample(network_model(unet, _sd_scheduler()), torch.randn(1, 1, 8, 8), nfe=2)
 
 
 # -- fewstep.k ---------------------------------------------------------------------------

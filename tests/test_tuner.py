@@ -358,6 +358,8 @@ def test_config_refuses_other_models_and_options(setup):
         fewstep.tune(model, 4, calibration=pb.noise(4), method="magic")
     with pytest.raises(fewstep.ArgumentError, match="calibration"):
         fewstep.tune(model, 4, calibration=pb.noise(4)[0])
+    with torch.inference_mode(), pytest.raises(fewstep.ArgumentError, match="inference_mode"):
+        fewstep.tune(model, 4, calibration=pb.noise(4))
 
 
 def test_analytic_first_step_is_the_exact_gaussian_posterior():
@@ -634,7 +636,7 @@ def test_a_descent_run_in_pieces_ends_where_one_run_whole_does(setup):
 def test_a_descent_leaves_a_trainable_network_untouched(setup):
     """A network whose weights require grad (as a diffusers model's do) tunes as if frozen:
     the descent differentiates the sampler's parameters only, so no weight gradient is
-    computed, nor left on the user's model."""
+    computed, nor left on the user's model; under no_grad it differentiates all the same."""
     pb, _, calibration, _, _ = setup
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(9, 16), torch.nn.Tanh(), torch.nn.Linear(16, 8))
@@ -652,6 +654,8 @@ def test_a_descent_leaves_a_trainable_network_untouched(setup):
     assert all(p.grad is None for p in net.parameters())
     net.requires_grad_(False)
     assert refine(model, solver, 4, times, teacher, iterations=6) == trainable
+    with torch.no_grad():  # as diffusers pipelines and user scripts often run
+        assert refine(model, solver, 4, times, teacher, iterations=6) == trainable
 
 
 def test_a_descent_in_chunks_fits_the_same_loss_holding_fewer_noises(setup):

@@ -356,17 +356,18 @@ class Descent:
         size = batch[0].shape[0]
         parts = chunks(batch, self.batch_size)
         for chunk in parts:  # the gradient of the mean, accumulated chunk by chunk
-            try:
-                errors = program_errors(self.model, self._program(), chunk)
-            except NonFiniteError:
-                errors = None  # the parameters left the sampler's domain: keep what was seen
-            if errors is None or not bool(torch.isfinite(errors).all()):
-                self.stopped = True
-                return
-            loss = errors.mean() if len(parts) == 1 else errors.sum() / size
-            # gradients of the sampler's parameters only: a network whose weights require
-            # grad (as a diffusers model's do) gets no weight gradients computed or left on it
-            loss.backward(inputs=[p for g in self.groups for p in g["params"]])
+            with torch.enable_grad():  # also when called under no_grad, as pipelines run
+                try:
+                    errors = program_errors(self.model, self._program(), chunk)
+                except NonFiniteError:
+                    errors = None  # the parameters left the sampler's domain: keep the best
+                if errors is None or not bool(torch.isfinite(errors).all()):
+                    self.stopped = True
+                    return
+                loss = errors.mean() if len(parts) == 1 else errors.sum() / size
+                # gradients of the sampler's parameters only: a network whose weights require
+                # grad (as a diffusers model's do) gets no weight gradients computed or left
+                loss.backward(inputs=[p for g in self.groups for p in g["params"]])
         grads = [p.grad for g in self.groups for p in g["params"] if p.grad is not None]
         if not all(bool(torch.isfinite(g).all()) for g in grads):
             self.stopped = True  # a step would poison the parameters: keep the best seen

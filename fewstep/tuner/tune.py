@@ -199,6 +199,12 @@ def tune(
         raise ArgumentError("nfe", f"tuning needs at least 2 model calls, got {nfe!r}")
     _check_calibration(calibration)
     check_batch_size(batch_size)
+    if torch.is_inference_mode_enabled():
+        raise ArgumentError(
+            "torch.inference_mode",
+            "tuning differentiates through the sampler, which inference mode forbids",
+            "call fewstep.tune outside torch.inference_mode(); torch.no_grad() is fine",
+        )
     start_time = time.perf_counter()
     cached = teacher is not None or TEACHERS.key(model, calibration, cond, uncond) in TEACHERS
     teacher = teacher or teacher_for(model, calibration, cond, uncond, batch_size)

@@ -34,15 +34,15 @@ except ImportError as err:  # pragma: no cover - diffusers is an optional integr
         "fewstep.integrations.diffusers needs diffusers: pip install fewstep[peers]"
     ) from err
 
-from ..errors import ArgumentError, NonFiniteError
-from ..guidance import DynamicThresholding
-from ..model import Model, Point, to_predictions
-from ..noise import IndependentNoise, sample_seeds
-from ..program import Execution
-from ..sampling import plan, resolve
-from ..schedules import FlowSchedule, NoiseSchedule, VPSchedule
-from ..solvers import Solver
-from ..spacing import Times
+from ...errors import ArgumentError, NonFiniteError
+from ...guidance import DynamicThresholding
+from ...model import Model, Point, to_predictions
+from ...noise import IndependentNoise, sample_seeds
+from ...program import Execution
+from ...sampling import plan, resolve
+from ...schedules import FlowSchedule, NoiseSchedule, VPSchedule
+from ...solvers import Solver
+from ...spacing import Times
 
 _PREDICTIONS = {
     "epsilon": "epsilon",
@@ -93,7 +93,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             self.prediction = "flow"  # flow-matching configs carry no prediction_type
         self._tuned = None
         if tuned is not None:
-            from ..tuner import SamplerConfig
+            from ...tuner import SamplerConfig
 
             self._tuned = SamplerConfig.load(tuned)
             self._tuned.check(self._model())
@@ -158,24 +158,49 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             )
         return makers[c.beta_schedule]()
 
+    def _shifted(self, mu: float | None, fix: str) -> NoiseSchedule:
+        """The schedule at dynamic shift ``mu`` (shift = e^mu), for configs that shift."""
+        if mu is not None:
+            if self.config.schedule_type != "flow":
+                raise ArgumentError("mu", "dynamic shifting applies to flow-matching schedules")
+            return self._schedule(math.exp(mu))
+        if self.config.use_dynamic_shifting and self.config.schedule_type == "flow":
+            raise ArgumentError("mu", "this config uses dynamic shifting", fix)
+        return self.schedule
+
+    def model(self, fn, *, mu: float | None = None, **options: Any) -> Model:
+        """A fewstep ``Model`` of ``fn(x, t, **cond)`` (t in fewstep's native time) on this
+        config's schedule, at dynamic shift ``mu`` where it shifts, with its prediction type
+        and thresholding; ``options`` go to ``Model`` (guidance_scale, dtype, ...)."""
+        schedule = self._shifted(mu, "pass mu=, the shift the pipeline computes for the size")
+        return Model(fn, schedule, self.prediction, thresholding=self._thresholding(), **options)
+
     def _model(self) -> Model:
         """A stand-in fewstep model: planning needs the schedule and parameterization only."""
-        thresholding = None
-        if self.config.thresholding:
-            thresholding = DynamicThresholding(
-                self.config.dynamic_thresholding_ratio, self.config.sample_max_value
-            )
-        return Model(lambda x, t: x, self.schedule, self.prediction, thresholding=thresholding)
+        return Model(
+            lambda x, t: x, self.schedule, self.prediction, thresholding=self._thresholding()
+        )
+
+    def _thresholding(self) -> DynamicThresholding | None:
+        c = self.config
+        if not c.thresholding:
+            return None
+        return DynamicThresholding(c.dynamic_thresholding_ratio, c.sample_max_value)
 
     # -- time units -----------------------------------------------------------------------
+    @property
+    def time_scale(self) -> float:
+        """Pipeline timesteps per unit of fewstep's time: num_train_timesteps for flow
+        schedules (whose t runs over [0, 1]), 1 for VP (t counts training timesteps)."""
+        return float(self.config.num_train_timesteps if self.config.schedule_type == "flow" else 1)
+
     def _to_pipeline(self, t: float) -> float:
-        if self.config.schedule_type == "flow":
-            return t * self.config.num_train_timesteps
-        return round(t) if self._timestep_type == "discrete" else t
+        if self.config.schedule_type == "vp" and self._timestep_type == "discrete":
+            return round(t)
+        return t * self.time_scale
 
     def _from_pipeline(self, values) -> Tensor:
-        t = torch.as_tensor(values, dtype=torch.float64).flatten()
-        return t / self.config.num_train_timesteps if self.config.schedule_type == "flow" else t
+        return torch.as_tensor(values, dtype=torch.float64).flatten() / self.time_scale
 
     # -- the scheduler interface ----------------------------------------------------------
     @property
@@ -205,14 +230,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         """Compile the solver for ``num_inference_steps`` model calls (or for given timesteps /
         sigmas: noise levels sigma/alpha, or t for flow). ``mu`` is the dynamic shift of
         flow pipelines (shift = e^mu)."""
-        if mu is not None:
-            if self.config.schedule_type != "flow":
-                raise ArgumentError("mu", "dynamic shifting applies to flow-matching schedules")
-            self.schedule = self._schedule(math.exp(mu))
-        elif self.config.use_dynamic_shifting and self.config.schedule_type == "flow":
-            raise ArgumentError(
-                "mu", "this config uses dynamic shifting", "pass mu= to set_timesteps"
-            )
+        self.schedule = self._shifted(mu, "pass mu= to set_timesteps")
         model = self._model()
         options = dict(self.config.solver_options or {})
         if self._tuned is not None:
