@@ -19,7 +19,7 @@ from fewstep.reference import GaussianMixture, problem, rmse
 from fewstep.reference.metrics import per_sample_rmse
 from fewstep.sampling import plan
 from fewstep.solvers import get_solver
-from fewstep.spacing import Times
+from fewstep.spacing import Times, Warped
 from fewstep.tuner import SamplerConfig, Teacher, calibration_loss, gradient, refit_first_step
 from fewstep.tuner.config import Correction, corrected
 from fewstep.tuner.finish import fit_finish, run_features
@@ -316,6 +316,42 @@ def test_teacher_cache_is_bounded_and_lets_networks_go():
     # is held, so its id cannot be reused by another network
     cache.clear()
     assert len(cache) == 0
+
+
+def test_the_teacher_keeps_every_refined_state_of_its_solve_and_no_other():
+    """The teacher writes every refine-th state of its solve in place as the solve lands on
+    it (in chunks of batch_size too): the states of the full trajectory, subsampled."""
+    pb = problem("gmm-vp", dim=8, components=3, seed=6)
+    model, noise = pb.model(), pb.noise(7, seed=4)
+    solve = dict(solver="unipc", nfe=13, order=3, warmup="singlestep", lower_order_final=False)
+    full = fewstep.sample(model, noise, spacing=Warped(), return_trajectory=True, **solve)
+    states = torch.stack(full.states[::3])
+    for batch_size in (None, 3):
+        teacher = Teacher.solve(model, noise, points=5, refine=3, batch_size=batch_size)
+        assert len(full.states) == 11 and teacher.states.shape[0] == 4  # warm-up: 2 calls more
+        assert torch.equal(teacher.times, full.times[::3])
+        if batch_size is None:
+            assert torch.equal(teacher.states, states)
+            assert torch.equal(teacher.target, full.samples)
+        else:  # other batches: the mixture's matmuls round otherwise
+            torch.testing.assert_close(teacher.states, states, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(teacher.target, full.samples, rtol=1e-12, atol=1e-12)
+
+    # the states it does not keep are never held: live noise-shaped tensors stay bounded
+    # however long the solve (they were one per step: 50 at the 45th call)
+    def held():
+        return sum(type(o) is torch.Tensor and o.shape == noise.shape for o in gc.get_objects())
+
+    live, inner, before = [], model.fn, held()
+
+    def counting(x, t):
+        if model.nfe % 9 == 8:  # calls 9, 18, ..., 45 of 46
+            live.append(held() - before)
+        return inner(x, t)
+
+    model.fn, model.nfe = counting, 0
+    Teacher.solve(model, noise, points=16, refine=3)
+    assert len(live) == 5 and max(live) < 20
 
 
 def test_step_costs_are_ddim_step_errors_cached_per_target():

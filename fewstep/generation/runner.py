@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -15,7 +16,7 @@ from ..errors import ArgumentError
 from ..guidance import class_inputs
 from ..model import Model
 from ..noise import derive_seed, randn
-from ..sampling import Trajectory, sample
+from ..sampling import StepInfo, sample
 from .spec import GenerationSpec, Labels, Sampler, check_count
 
 #: how sample i's randomness derives from the base seed (recorded in the manifest)
@@ -75,34 +76,32 @@ def sample_batched(
     cond: Mapping[str, Any] | None = None,
     uncond: Mapping[str, Any] | None = None,
     batch_size: int | None = None,
-    trajectory: bool = False,
+    callback: Callable[[slice, StepInfo], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
-) -> Tensor | Trajectory:
+) -> Tensor:
     """``fewstep.sample`` over consecutive batches of ``noise`` (and of the batched ``cond``,
-    ``uncond`` and per-sample ``seeds``); with ``trajectory`` the states of all batches are
-    joined into one ``Trajectory``. ``on_batch(n)`` is called after each batch of n."""
+    ``uncond`` and per-sample ``seeds``). ``callback(rows, info)`` sees every step of the
+    batch that holds those rows of ``noise``; ``on_batch(n)`` is called after each batch of n."""
     n = noise.shape[0]
     size = n if batch_size is None else check_count("batch_size", batch_size)
     parts = []
     for a in range(0, n, size):
         b = min(a + size, n)
+        rows = slice(a, b)
         parts.append(
             sample(
                 model,
-                noise[a:b],
-                seed=None if seeds is None else list(seeds[a:b]),
+                noise[rows],
+                seed=None if seeds is None else list(seeds[rows]),
                 cond=None if cond is None else {k: _rows(v, a, b) for k, v in cond.items()},
                 uncond=None if uncond is None else {k: _rows(v, a, b) for k, v in uncond.items()},
-                return_trajectory=trajectory,
+                callback=None if callback is None else partial(callback, rows),
                 **sampler.kwargs(),
             )
         )
         if on_batch is not None:
             on_batch(b - a)
-    if not trajectory:
-        return torch.cat(parts)
-    states = [torch.cat(step) for step in zip(*(p.states for p in parts), strict=True)]
-    return Trajectory(torch.cat([p.samples for p in parts]), states, parts[0].times, parts[0].nfe)
+    return torch.cat(parts)
 
 
 def sample_indices(

@@ -20,6 +20,7 @@ from torch import Tensor
 from ..digest import content_digest
 from ..generation import Sampler, sample_batched
 from ..model import Model
+from ..sampling import StepInfo
 from ..spacing import Warped
 
 
@@ -67,13 +68,26 @@ class Teacher:
         target: Tensor | None = None,
         batch_size: int | None = None,
     ) -> Teacher:
-        """UniPC-3 (true third order: singlestep warm-up, no lower-order final step) on a
-        log-sigma-uniform grid of ``points`` states, each step subdivided ``refine`` times,
-        by generation's batched runner (``batch_size`` bounds memory); ``target`` overrides
-        the end point (e.g. an exact ODE solution)."""
+        """UniPC-3 (true third order: singlestep warm-up, no lower-order final step) with
+        (points - 1) * refine + 1 model calls on a log-sigma-uniform grid, keeping every
+        refine-th state (points - 1 of them: the warm-up's extra calls take grid points),
+        by generation's batched runner (``batch_size`` bounds the noises a run holds; the
+        kept states are written in place as the solve lands on them, the others never
+        held); ``target`` overrides the end point (e.g. an exact ODE solution)."""
         start = time.perf_counter()
         before = model.nfe
         n = (points - 1) * refine + 1
+        kept: dict[str, Any] = {"times": {}}
+
+        def keep(rows: slice, info: StepInfo) -> None:
+            if info.index % refine:
+                return
+            if "states" not in kept:
+                shape = (points, noise.shape[0], *info.x.shape[1:])
+                kept["states"] = info.x.new_empty(shape)
+            kept["states"][info.index // refine, rows] = info.x
+            kept["times"][info.index // refine] = info.t
+
         with torch.no_grad():
             solver = Sampler(
                 "unipc",
@@ -81,22 +95,21 @@ class Teacher:
                 Warped(),
                 {"order": 3, "warmup": "singlestep", "lower_order_final": False},
             )
-            traj = sample_batched(
+            samples = sample_batched(
                 model,
                 noise,
                 solver,
                 cond=cond,
                 uncond=uncond,
                 batch_size=batch_size,
-                trajectory=True,
+                callback=keep,
             )
-        keep = list(range(0, len(traj.states), refine))
-        states = torch.stack([traj.states[k] for k in keep])
+        landed = len(kept["times"])  # every refine-th state the solve lands on
         return cls(
             noise=noise,
-            times=traj.times[keep],
-            states=states,
-            target=traj.samples if target is None else target.to(traj.samples),
+            times=torch.tensor([kept["times"][k] for k in range(landed)], dtype=torch.float64),
+            states=kept["states"][:landed],
+            target=samples if target is None else target.to(samples),
             calls=model.nfe - before,
             seconds=time.perf_counter() - start,
             cond=cond,
