@@ -6,11 +6,13 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from . import defaults
@@ -141,11 +143,14 @@ class _FiniteGuard:
                 raise NonFiniteError(step, t)
 
 
-def _evaluator(model: Model, guard: _FiniteGuard, bar, cond, uncond):
+def _evaluator(model: Model, guard: _FiniteGuard, bar, cond, uncond, recompute: bool = False):
     model.check_mode()
+    call = model.evaluate
+    if recompute and torch.is_grad_enabled():
+        call = partial(checkpoint, model.evaluate, use_reentrant=False)
 
     def evaluate(state: Tensor, point: Point, step: int) -> Prediction:
-        pred = model.evaluate(state, point, cond, uncond)
+        pred = call(state, point, cond, uncond)
         guard.check(pred, step, point.t)
         bar.update()
         return pred
@@ -183,11 +188,15 @@ def run(
     progress: bool = False,
     on_land: Callable[[int, Tensor], None] | None = None,
     noise: Callable | None = None,
+    recompute: bool = False,
 ) -> Tensor:
-    """Run a compiled program from state x (gradients flow if enabled: the tuner uses this)."""
+    """Run a compiled program from state x (gradients flow if enabled: the tuner uses this).
+    With ``recompute`` (and gradients on) each model evaluation keeps only its inputs and is
+    run again in the backward pass (activation checkpointing): the run holds one network
+    call's activations at a time instead of every call's, for one more call per call."""
     guard = _FiniteGuard(x.device)
     with tqdm(total=program.nfe, disable=not progress, desc="sampling", leave=False) as bar:
-        evaluate = _evaluator(model, guard, bar, cond, uncond)
+        evaluate = _evaluator(model, guard, bar, cond, uncond, recompute)
         out = program.run(
             lambda state, ins: evaluate(state, ins.point, ins.step), x, on_land, noise, cond
         )

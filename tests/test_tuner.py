@@ -718,6 +718,44 @@ def test_a_descent_in_chunks_fits_the_same_loss_holding_fewer_noises(setup):
         Descent(model, solver, 4, times, teacher, batch_size=0)
 
 
+def test_a_descent_that_recomputes_holds_one_network_call_and_fits_the_same(setup):
+    """``recompute`` keeps only each network call's inputs for the backward pass, which runs
+    the call again: the activations saved for backward are a fraction of a plain run's, and
+    the descent is the same."""
+    pb, _, calibration, target, _ = setup
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(9, 512), torch.nn.Tanh(), torch.nn.Linear(512, 8))
+    net = net.double().requires_grad_(False)
+
+    def fn(x, t):
+        time = torch.as_tensor(t, dtype=x.dtype).reshape(-1, 1).expand(x.shape[0], 1) / 1000
+        return 0.1 * net(torch.cat([x, time], 1)) + x
+
+    model = fewstep.Model(fn, pb.schedule, "epsilon")
+    teacher = replace(teacher_for(model, calibration), target=target)
+    solver, grid, _ = plan(model, "unipc", 4, order=2)
+    times = [float(point.t) for point in grid]
+
+    def saved_bytes(recompute):
+        descent = Descent(model, solver, 4, times, teacher, iterations=8, recompute=recompute)
+        sizes = []
+
+        def pack(tensor):
+            sizes.append(tensor.numel() * tensor.element_size())
+            return tensor
+
+        calls = model.nfe
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            descent.advance(1)
+        return sum(sizes), model.nfe - calls
+
+    (plain, plain_calls), (kept, kept_calls) = saved_bytes(False), saved_bytes(True)
+    assert kept < plain / 3 and kept_calls == 2 * plain_calls  # each call again in backward
+    whole = refine(model, solver, 4, times, teacher, iterations=8)
+    again = refine(model, solver, 4, times, teacher, iterations=8, recompute=True)
+    assert again == whole
+
+
 def test_tune_calls_the_model_on_at_most_batch_size_noises(setup):
     """``tune(batch_size=...)`` bounds every model call of tuning (the teacher, the scores,
     the step costs, the descents and the finish) and tunes to the same sampler."""
@@ -852,7 +890,8 @@ def test_tune_command_writes_a_config_that_sample_accepts(tmp_path, capsys):
     from fewstep.cli import main
 
     args = ["--model", "gmm-vp", "--nfe", "3", "--calibration", "8", "--iterations", "3"]
-    assert main(["tune", *args, "--batch-size", "4", "--out", str(tmp_path)]) == 0
+    tune = ["tune", *args, "--batch-size", "4", "--recompute", "--out", str(tmp_path)]
+    assert main(tune) == 0
     path = tmp_path / "gmm-vp-nfe3.json"
     assert SamplerConfig.load(path).nfe == 3
     assert main(["sample", "--config", str(path), "--num-samples", "4"]) == 0

@@ -66,6 +66,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             iterations=args.iterations,
             analytic=not args.model_first,
             batch_size=args.batch_size,
+            recompute=args.recompute,
         )
         path = out / f"{stem}-nfe{nfe}.json"
         config.save(path)
@@ -113,6 +114,12 @@ def add_parser(subparsers) -> None:
         type=int,
         default=None,
         help="the most calibration noises one run holds (bounds memory; default all)",
+    )
+    p.add_argument(
+        "--recompute",
+        action="store_true",
+        help="run each network call again in the backward pass instead of keeping its "
+        "activations (memory of one call, not nfe; one more call per call)",
     )
     p.add_argument("--out", default="out/tune", help="directory of the config JSON files")
     p.set_defaults(func=_cmd_tune)

@@ -96,13 +96,23 @@ def chunks(inputs, batch_size: int | None) -> list:
     return [_subset(*inputs, part) for part in torch.arange(size).split(batch_size)]
 
 
-def program_errors(model: Model, program: Program, inputs, batch_size: int | None = None) -> Tensor:
+def program_errors(
+    model: Model,
+    program: Program,
+    inputs,
+    batch_size: int | None = None,
+    recompute: bool = False,
+) -> Tensor:
     """Per-sample RMSE of ``program`` run from the inputs' noises against their targets, in
     chunks of at most ``batch_size``: the metric fewstep reports, fitted directly (a pooled
     MSE would let a few hard samples dominate)."""
     return torch.cat(
         [
-            per_sample_rmse(run(model, program, x, cond=cond, uncond=uncond), y, eps=GRAD_EPS)
+            per_sample_rmse(
+                run(model, program, x, cond=cond, uncond=uncond, recompute=recompute),
+                y,
+                eps=GRAD_EPS,
+            )
             for x, y, cond, uncond in chunks(inputs, batch_size)
         ]
     )
@@ -195,7 +205,8 @@ class Descent:
     bias. With ``gaussian`` the first evaluation is the analytic first step (nfe model
     calls). ``batch_size`` bounds how many noises one differentiated run holds (its memory:
     every network call's activations are kept for the backward pass); a step then
-    accumulates the gradient over chunks of its batch, to the same loss."""
+    accumulates the gradient over chunks of its batch, to the same loss. With ``recompute``
+    a run keeps one call's activations at a time, each call run again in the backward."""
 
     def __init__(
         self,
@@ -215,8 +226,10 @@ class Descent:
         gaussian: GaussianData | None = None,
         progress=None,
         batch_size: int | None = None,
+        recompute: bool = False,
     ):
         schedule = model.schedule
+        self.recompute = recompute
         self.model, self.solver, self.nfe, self.gaussian = model, solver, nfe, gaussian
         self.iterations, self.progress = iterations, progress
         self.batch_size = check_batch_size(batch_size)
@@ -358,7 +371,9 @@ class Descent:
         for chunk in parts:  # the gradient of the mean, accumulated chunk by chunk
             with torch.enable_grad():  # also when called under no_grad, as pipelines run
                 try:
-                    errors = program_errors(self.model, self._program(), chunk)
+                    errors = program_errors(
+                        self.model, self._program(), chunk, recompute=self.recompute
+                    )
                 except NonFiniteError:
                     errors = None  # the parameters left the sampler's domain: keep the best
                 if errors is None or not bool(torch.isfinite(errors).all()):

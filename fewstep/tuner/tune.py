@@ -165,6 +165,7 @@ def tune(
     iterations: int = 600,
     analytic: bool = True,
     batch_size: int | None = None,
+    recompute: bool = False,
     progress: bool = True,
 ) -> SamplerConfig:
     """A sampler configuration for ``model`` at ``nfe`` model calls, fitted on the
@@ -192,6 +193,10 @@ def tune(
             differentiated run hold at once (a descent keeps every network call's
             activations for its backward pass: bound it for large models; the descent then
             accumulates each step's gradient over chunks, to the same loss); None: all.
+        recompute: a descent runs each network call again in its backward pass instead of
+            keeping its activations (activation checkpointing): it then holds one call's
+            activations instead of nfe calls', for one more network call per call; the same
+            descent. For networks whose activations fill memory even at a small batch_size.
     """
     if method not in METHODS:
         raise ArgumentError("method", f"unknown {method!r}", f"one of {METHODS}")
@@ -242,7 +247,7 @@ def tune(
         if method in ("grid", "coefficients", "full"):
             starts += _starts(model, searched, family, nfe)
     for start, loss, times, start_corrections, start_calls in _descend(
-        model, teacher, starts, nfe, method, iterations, bar, batch_size
+        model, teacher, starts, nfe, method, iterations, bar, batch_size, recompute
     ):
         if loss < best.loss:  # otherwise the searched sampler stands
             best = start._replace(loss=loss, times=times)
@@ -357,13 +362,14 @@ def _descend(
     iterations: int,
     bar,
     batch_size: int | None = None,
+    recompute: bool = False,
 ) -> list[tuple[Candidate, float, list[float], list, list[float] | None]]:
     """Stage 3, screened (successive halving) unless the descents draw minibatches: a
     descent from each start runs ``SCREEN`` of its steps, then the ``KEEP`` with the lowest
     held-out error so far run to the end. (start, calibration loss, times, corrections, call
     times) of each finished descent."""
     descents = [
-        _descent(model, teacher, start, nfe, method, iterations, bar, rates, batch_size)
+        _descent(model, teacher, start, nfe, method, iterations, bar, rates, batch_size, recompute)
         for start, rates in starts
     ]
     screen = min(iterations, math.ceil(SCREEN * iterations))
@@ -505,6 +511,7 @@ def _descent(
     bar,
     rates: dict,
     batch_size: int | None = None,
+    recompute: bool = False,
 ) -> Descent:
     """A gradient descent from ``start`` that learns what ``method`` tunes (``rates``:
     learning rates other than ``Descent``'s defaults)."""
@@ -521,5 +528,6 @@ def _descent(
         gaussian=start.gaussian,
         progress=bar,
         batch_size=batch_size,
+        recompute=recompute,
         **rates,
     )
