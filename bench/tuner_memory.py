@@ -1,7 +1,7 @@
 """What the tuner holds in memory on digits-unet: the process's peak resident memory added
-by a teacher solve, and by gradient-descent steps at NFE 5 with and without ``batch_size``
-and ``recompute``, each measured in a fresh process (peak RSS only grows), with the time
-per step.
+by a teacher solve, by the grid search's step costs, and by gradient-descent steps at NFE 5
+with and without ``batch_size`` and ``recompute``, each measured in a fresh process (peak
+RSS only grows), with the time taken.
 
     python bench/tuner_memory.py --noises 256
 """
@@ -22,9 +22,10 @@ from fewstep.guidance import class_inputs
 from fewstep.models import load
 from fewstep.solvers import get_solver
 from fewstep.tuner.gradient import Descent
+from fewstep.tuner.grid import step_costs
 from fewstep.tuner.teacher import Teacher
 
-CASES = [("teacher", None, False)] + [
+CASES = [("teacher", None, False), ("step costs", None, False)] + [
     ("descent", batch_size, recompute) for batch_size in (None, 16) for recompute in (False, True)
 ]
 STEPS = 5
@@ -43,6 +44,11 @@ def measure(kind: str, batch_size: int | None, recompute: bool, noises: int) -> 
     if kind == "teacher":
         before, start = _peak_mib(), time.perf_counter()
         Teacher.solve(model, noise, cond=cond, uncond=uncond, batch_size=batch_size)
+        return {"before": before, "after": _peak_mib(), "seconds": time.perf_counter() - start}
+    if kind == "step costs":  # the grid search's costs on a 160-point teacher
+        teacher = Teacher.solve(model, noise, refine=1, cond=cond, uncond=uncond)
+        before, start = _peak_mib(), time.perf_counter()
+        step_costs(model, teacher)
         return {"before": before, "after": _peak_mib(), "seconds": time.perf_counter() - start}
     teacher = Teacher.solve(model, noise, points=12, refine=1, cond=cond, uncond=uncond)
     times = [float(point.t) for point in fewstep.plan(model, "unipc", 5, order=2)[1]]

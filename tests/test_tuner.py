@@ -357,22 +357,23 @@ def test_the_teacher_keeps_every_refined_state_of_its_solve_and_no_other():
 def test_step_costs_are_ddim_step_errors_cached_per_target():
     pb = problem("gmm-vp", dim=8, components=3, seed=6)
     model = pb.model()
-    teacher = Teacher.solve(model, pb.noise(16, seed=4), points=8, refine=1)
+    teacher = Teacher.solve(model, pb.noise(16, seed=4), points=13, refine=1)
     cost, end = step_costs(model, teacher)
     # the cost of a step is the error of the DDIM sampler's step between those teacher points
-    a, b = 2, 5
-    step = fewstep.sample(
-        model,
-        teacher.states[a],
-        solver="ddim",
-        nfe=2,
-        spacing=teacher.times[[a, b]],
-        return_trajectory=True,
-    ).states[1]
-    alpha, sigma = model.schedule.alpha_sigma(teacher.times[b])
-    frame = alpha - model.schedule.classical_k * sigma
-    expected = ((step - teacher.states[b]) / frame).pow(2).mean()
-    assert float(cost[a, b]) == pytest.approx(float(expected), rel=1e-5)
+    # (steps to later points formed a block of POINTS_AT_ONCE at a time: 8 and 3 from a = 0)
+    for a, b in [(2, 5), (0, 10)]:
+        step = fewstep.sample(
+            model,
+            teacher.states[a],
+            solver="ddim",
+            nfe=2,
+            spacing=teacher.times[[a, b]],
+            return_trajectory=True,
+        ).states[1]
+        alpha, sigma = model.schedule.alpha_sigma(teacher.times[b])
+        frame = alpha - model.schedule.classical_k * sigma
+        expected = ((step - teacher.states[b]) / frame).pow(2).mean()
+        assert float(cost[a, b]) == pytest.approx(float(expected), rel=1e-5)
     assert bool(torch.isinf(cost[b, a])) and float(end[-1]) < float(end[0])
     calls = model.nfe
     assert step_costs(model, teacher)[0] is cost and model.nfe == calls  # cached

@@ -18,6 +18,9 @@ from ..model import Model, points
 from .gradient import chunks
 from .teacher import Teacher
 
+#: later teacher points whose step errors are formed at once (each a state-sized temporary)
+POINTS_AT_ONCE = 8
+
 
 def _mean_sq(x: Tensor) -> Tensor:
     return x.pow(2).reshape(*x.shape[:2], -1).mean(-1).mean(-1)  # over batch and features
@@ -36,7 +39,8 @@ def step_costs(
 
 def _step_costs(model: Model, teacher: Teacher, batch_size: int | None) -> tuple[Tensor, Tensor]:
     """The costs, point by point: the model's data prediction at one teacher state at a time
-    (T x batch calls), so no (T, batch, ...) stack of predictions is held."""
+    (T x batch calls), and the errors of the steps from it a block of later points at a time,
+    so neither a (T, batch, ...) stack of predictions nor of errors is held."""
     schedule = model.schedule
     pts = points(schedule, teacher.times)
     states = teacher.states
@@ -57,12 +61,12 @@ def _step_costs(model: Model, teacher: Teacher, batch_size: int | None) -> tuple
                 ]
             )
         end[a] = _mean_sq((data - teacher.target)[None])[0].double()
-        if a == n - 1:
-            break
-        ratio = (sigma[a + 1 :] / sigma[a]).view(shape)
-        coef = (alpha[a + 1 :] - alpha[a] * sigma[a + 1 :] / sigma[a]).view(shape)
-        err = (ratio * states[a] + coef * data - states[a + 1 :]) / frame[a + 1 :].view(shape)
-        cost[a, a + 1 :] = _mean_sq(err).double()
+        for b in range(a + 1, n, POINTS_AT_ONCE):  # the later points, a block at a time
+            later = slice(b, min(b + POINTS_AT_ONCE, n))
+            ratio = (sigma[later] / sigma[a]).view(shape)
+            coef = (alpha[later] - alpha[a] * sigma[later] / sigma[a]).view(shape)
+            err = (ratio * states[a] + coef * data - states[later]) / frame[later].view(shape)
+            cost[a, later] = _mean_sq(err).double()
     return cost, end
 
 
