@@ -369,6 +369,15 @@ def test_flux_like_transformers_get_the_timestep_per_thousand_and_fixed_inputs()
         torch.testing.assert_close(doubled.fn(x, t, **cond), want)
 
 
+def test_a_compiled_network_is_called_as_the_module_it_compiles():
+    """torch.compile's wrapper takes *args: the inputs are named from the module inside."""
+    unet = _tiny_unet()
+    compiled = torch.compile(unet, backend="eager")
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([700.0, 30.0])
+    with torch.no_grad():
+        assert torch.equal(network_model(compiled, _sd_scheduler()).fn(x, t), unet(x, t).sample)
+
+
 def test_network_model_errors_name_the_argument():
     with pytest.raises(fewstep.ArgumentError, match="network"):
         network_model(lambda x, t: x, _sd_scheduler())

@@ -37,6 +37,11 @@ TIMESTEP_PER_THOUSAND = (
 )
 
 
+def _unwrapped(network: nn.Module) -> nn.Module:
+    """The module a ``torch.compile`` wrapper compiles (whose forward takes ``*args``)."""
+    return getattr(network, "_orig_mod", network)
+
+
 def _per_thousand(t: Tensor) -> Tensor:
     return t / 1000
 
@@ -58,7 +63,7 @@ class NetworkCall:
         self.time_scale = time_scale
         self.timestep = timestep
         self.fixed = dict(fixed)
-        params = inspect.signature(network.forward).parameters
+        params = inspect.signature(_unwrapped(network).forward).parameters
         self.sample_name = next(iter(params))
         self.accepts = set(params)
         self.any_keyword = any(p.kind is p.VAR_KEYWORD for p in params.values())
@@ -84,7 +89,7 @@ class NetworkCall:
             where = "fixed" if unknown[0] in self.fixed else "cond"
             raise ArgumentError(
                 f"{where}[{unknown[0]!r}]",
-                f"{type(self.network).__name__}.forward takes no such argument",
+                f"{type(_unwrapped(self.network)).__name__}.forward takes no such argument",
                 f"one of {sorted(self.accepts - {self.sample_name, 'timestep'})}",
             )
         added = dict(inputs.pop("added_cond_kwargs", None) or {})
@@ -106,7 +111,8 @@ def network_model(
     """A fewstep ``Model`` of a diffusers UNet or transformer with its pipeline's scheduler.
 
     Args:
-        network: the pipeline's ``unet`` or ``transformer`` (in eval mode).
+        network: the pipeline's ``unet`` or ``transformer`` (in eval mode; compiled with
+            ``torch.compile`` or not).
         scheduler: the pipeline's scheduler, or its config: the schedule, prediction type and
             thresholding come from it, as ``FewstepScheduler.from_config`` reads them.
         guidance_scale, guidance_rescale: classifier-free guidance as the pipeline applies it
@@ -128,11 +134,11 @@ def network_model(
         raise ArgumentError(
             "network", f"expected a torch module, got {type(network).__name__}", "pipe.unet"
         )
-    forward = inspect.signature(network.forward).parameters
-    if "timestep" not in forward:
+    inner = _unwrapped(network)
+    if "timestep" not in inspect.signature(inner.forward).parameters:
         raise ArgumentError(
             "network",
-            f"{type(network).__name__}.forward takes no timestep",
+            f"{type(inner).__name__}.forward takes no timestep",
             "wrap it yourself: fewstep.Model(lambda x, t, **cond: ..., schedule, prediction)",
         )
     config = getattr(scheduler, "config", scheduler)
@@ -143,7 +149,7 @@ def network_model(
     if fixed is not None and not isinstance(fixed, Mapping):
         raise ArgumentError("fixed", f"expected a mapping of inputs, got {type(fixed).__name__}")
     translator = FewstepScheduler.from_config(config, tuned=None)
-    if timestep is None and type(network).__name__ in TIMESTEP_PER_THOUSAND:
+    if timestep is None and type(inner).__name__ in TIMESTEP_PER_THOUSAND:
         timestep = _per_thousand
     fn = NetworkCall(network, translator.time_scale, timestep, fixed or {})
     if dtype is None:
