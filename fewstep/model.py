@@ -30,8 +30,10 @@ def _network(fn: Callable[..., Tensor]) -> nn.Module | None:
     adapter's ``network`` (``fewstep.integrations.diffusers.network_model``'s)."""
     if isinstance(fn, nn.Module):
         return fn
-    owner = getattr(fn, "__self__", None) or getattr(fn, "network", None)
-    return owner if isinstance(owner, nn.Module) else None
+    for owner in (getattr(fn, "__self__", None), getattr(fn, "network", None)):
+        if isinstance(owner, nn.Module):
+            return owner
+    return None
 
 
 class Prediction(NamedTuple):
