@@ -11,10 +11,12 @@ from .errors import ArgumentError
 
 
 def class_inputs(model, labels: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
-    """The conditional and unconditional inputs of class ``labels``: the unconditional branch
-    of classifier-free guidance gets the model's ``null_class`` (None where it has none)."""
+    """The conditional and unconditional inputs of class ``labels``, under the model's
+    ``class_input`` name (``y`` by default): the unconditional branch of classifier-free
+    guidance gets the model's ``null_class`` (None where it has none)."""
+    key = getattr(model, "class_input", "y")
     null = getattr(model, "null_class", None)
-    return {"y": labels}, (None if null is None else {"y": torch.full_like(labels, int(null))})
+    return {key: labels}, (None if null is None else {key: torch.full_like(labels, int(null))})
 
 
 def _per_sample_std(x: Tensor) -> Tensor:

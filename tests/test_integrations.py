@@ -1,6 +1,7 @@
 """Drop-ins: fewstep inside diffusers pipelines (and a pipeline's network tuned and sampled
 by fewstep), and k-diffusion-style sampler functions."""
 
+import json
 import math
 import warnings
 
@@ -392,6 +393,119 @@ def test_network_model_errors_name_the_argument():
     unet.mid_block.resnets[0].dropout.p = 0.1
     with pytest.warns(UserWarning, match="training mode"):
         fewstep.sample(network_model(unet, _sd_scheduler()), torch.randn(1, 1, 8, 8), nfe=2)
+
+
+# -- a pipeline saved on disk, from the command line -----------------------------------------
+
+
+def _saved_dit(path):
+    """A tiny class-conditional DiT pipeline (1000 classes, a learned variance) saved at path."""
+    torch.manual_seed(0)
+    transformer = diffusers.DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=1,
+        sample_size=4,
+        patch_size=2,
+        num_embeds_ada_norm=1000,  # DiTPipeline guides with the null class 1000
+    ).eval()
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=(8,), norm_num_groups=4, latent_channels=4, sample_size=8
+    ).eval()
+    scheduler = diffusers.DDIMScheduler(beta_schedule="linear")
+    labels = {i: str(i) for i in range(1000)}
+    pipe = diffusers.DiTPipeline(transformer, vae, scheduler, id2label=labels)
+    pipe.save_pretrained(path)
+    return pipe
+
+
+def test_a_saved_dit_pipeline_is_tuned_from_the_command_line_and_runs_in_its_pipeline(
+    tmp_path, capsys
+):
+    from fewstep.cli import main
+    from fewstep.generation import load_samples
+    from fewstep.generation.runner import index_noise
+
+    pipe = _saved_dit(tmp_path / "dit")
+    tune = ["tune", "--model", str(tmp_path / "dit"), "--nfe", "3", "--guidance", "2"]
+    tune += ["--calibration", "6", "--iterations", "4", "--model-first", "--out", str(tmp_path)]
+    assert main(tune) == 0
+    path = tmp_path / "dit-nfe3.json"
+    assert f"-> {path}" in capsys.readouterr().out
+    # the tuned sampler in DiTPipeline: the images fewstep.sample gives from the same noise
+    base = pipe.scheduler.config
+    pipe.scheduler = FewstepScheduler.from_config(base, tuned=str(path))
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+    images = pipe(
+        [2, 0], guidance_scale=2.0, generator=generator, num_inference_steps=3, output_type="np"
+    ).images
+    noise = torch.randn((2, 4, 4, 4), generator=torch.Generator().manual_seed(0))
+    model = network_model(pipe.transformer, base, guidance_scale=2.0)
+    labels = torch.tensor([2, 0])
+    with torch.no_grad():
+        x = fewstep.sample(
+            model,
+            noise,
+            config=path,
+            cond={"class_labels": labels},
+            uncond={"class_labels": torch.full_like(labels, 1000)},
+        )
+        decoded = pipe.vae.decode(x / pipe.vae.config.scaling_factor).sample
+    assert abs(images - _as_images(decoded)).max() < 1e-5
+    # generate cycles the classes and guides with the null class, as the model loaded alone
+    gen = ["generate", "--model", str(tmp_path / "dit"), "--num-samples", "4", "--guidance"]
+    gen += ["2", "--config", str(path), "--out", str(tmp_path / "gen"), "--no-progress"]
+    assert main(gen) == 0
+    batch = load_samples(tmp_path / "gen")
+    assert batch.labels.tolist() == [0, 1, 2, 3]
+    labels = batch.labels
+    with torch.no_grad():
+        expected = fewstep.sample(
+            model,
+            index_noise((4, 4, 4), range(4), seed=0),
+            config=path,
+            cond={"class_labels": labels},
+            uncond={"class_labels": torch.full_like(labels, 1000)},
+        )
+    torch.testing.assert_close(batch.samples, expected, rtol=0, atol=1e-6)
+
+
+def test_a_saved_unconditional_pipeline_and_what_the_command_line_cannot_run(tmp_path):
+    from fewstep.generation import sources
+    from fewstep.integrations.diffusers.saved import SavedPipeline
+
+    diffusers.DDPMPipeline(unet=_tiny_unet(), scheduler=_sd_scheduler()).save_pretrained(
+        tmp_path / "ddpm"
+    )
+    name = str(tmp_path / "ddpm")
+    options, weights, conditional = sources.identify(name, {"torch_dtype": "bfloat16"})
+    assert conditional is False and len(weights) == 64
+    model, shape = sources.load(name, options, 1.0, weights, None)
+    assert shape == (1, 8, 8) and next(model.fn.network.parameters()).dtype == torch.bfloat16
+    assert model.prediction == "epsilon" and model.fn.network.training is False
+    assert fewstep.sample(model, fewstep.randn((2, *shape), seed=1), nfe=3).isfinite().all()
+    with pytest.raises(fewstep.ArgumentError, match=r"only \['mu', 'torch_dtype'\]"):
+        sources.identify(name, {"shift": 3})
+    with pytest.raises(fewstep.ArgumentError, match="torch_dtype"):
+        sources.load(name, {"torch_dtype": "int8"}, 1.0, weights, None)
+    with pytest.raises(fewstep.FewstepError, match="every worker needs the same model files"):
+        sources.load(name, options, 1.0, "0" * 64, None)
+    # text-to-image: the prompts' embeddings cannot come from the command line
+    index = json.loads((tmp_path / "ddpm" / "model_index.json").read_text())
+    index["text_encoder"] = ["transformers", "CLIPTextModel"]
+    (tmp_path / "ddpm" / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(fewstep.ArgumentError, match=r"text-to-image.*network_model"):
+        sources.identify(name, {})
+    del index["text_encoder"]
+    index["unet"] = ["diffusers", "UNet2DConditionModel"]
+    (tmp_path / "ddpm" / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(fewstep.ArgumentError, match=r"needs \['encoder_hidden_states'\]"):
+        SavedPipeline.read(name)
+    with pytest.raises(fewstep.ArgumentError, match="save_pretrained directory"):
+        sources.kind(str(tmp_path))  # no model_index.json
 
 
 # -- fewstep.k ---------------------------------------------------------------------------

@@ -887,14 +887,22 @@ def test_tune_command_calibrates_exact_problems_on_more_noises_than_networks():
     assert calibration_count("gmm-vp", 8) == 8  # given: kept
 
 
+def test_tune_command_spreads_calibration_labels_over_all_classes():
+    from fewstep.tuner.cli import calibration_labels
+
+    assert calibration_labels(12, 10).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    spread = calibration_labels(64, 1000)  # DiT: 64 noises, 1000 classes
+    assert spread[0] == 0 and spread[-1] > 980 and len(set(spread.tolist())) == 64
+
+
 def test_tune_command_writes_a_config_that_sample_accepts(tmp_path, capsys):
     from fewstep.cli import main
 
     args = ["--model", "gmm-vp", "--nfe", "3", "--calibration", "8", "--iterations", "3"]
-    tune = ["tune", *args, "--batch-size", "4", "--recompute", "--out", str(tmp_path)]
-    assert main(tune) == 0
+    tune = ["tune", *args, "--model-option", "dim=3", "--batch-size", "4", "--recompute"]
+    assert main([*tune, "--out", str(tmp_path)]) == 0
     path = tmp_path / "gmm-vp-nfe3.json"
     assert SamplerConfig.load(path).nfe == 3
-    assert main(["sample", "--config", str(path), "--num-samples", "4"]) == 0
+    assert main(["sample", "--config", str(path), "--num-samples", "4", "--dim", "3"]) == 0
     out = capsys.readouterr().out
     assert "first step, calibration RMSE" in out and "3 model calls" in out

@@ -20,7 +20,8 @@ def _value(text: str) -> Any:
         return text
 
 
-def _options(pairs: list[str] | None, argument: str) -> dict[str, Any]:
+def parse_options(pairs: list[str] | None, argument: str) -> dict[str, Any]:
+    """``KEY=VALUE`` arguments as a dict of JSON values (``ArgumentError`` names ``argument``)."""
     options = {}
     for pair in pairs or []:
         key, eq, text = pair.partition("=")
@@ -40,11 +41,23 @@ def _labels(text: str) -> str | int | None:
     raise ArgumentError("--labels", f"got {text!r}", "auto, cycle, none or a class index")
 
 
-def _shape(text: str) -> list[int]:
+def parse_shape(text: str) -> list[int]:
+    """``--shape C,H,W`` as a list of integers."""
     try:
         return [int(s) for s in text.split(",")]
     except ValueError as err:
         raise ArgumentError("--shape", f"expected C,H,W integers, got {text!r}") from err
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model-option`` and ``--shape``: how a ``--model`` is loaded (generate and tune)."""
+    parser.add_argument(
+        "--model-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="dim=8 for gmm-*; mu=0.8 (dynamic shift) or torch_dtype=bfloat16 for a pipeline",
+    )
+    parser.add_argument("--shape", default=None, help="C,H,W of a factory model's samples")
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -57,13 +70,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         solver=args.solver,
         nfe=args.nfe,
         spacing=args.spacing,
-        solver_options=_options(args.option, "--option"),
+        solver_options=parse_options(args.option, "--option"),
         config=args.config,
         seed=args.seed,
         guidance=args.guidance,
         labels=_labels(args.labels),
-        model_options=_options(args.model_option, "--model-option"),
-        shape=None if args.shape is None else _shape(args.shape),
+        model_options=parse_options(args.model_option, "--model-option"),
+        shape=None if args.shape is None else parse_shape(args.shape),
         dtype=args.dtype,
         batch_size=args.batch_size,
         shard_size=args.shard_size,
@@ -92,7 +105,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument(
         "--model",
         required=True,
-        help="digits-unet (or DIR/digits-unet.json of fewstep train), gmm-vp or pkg.mod:factory",
+        help="digits-unet (or DIR/digits-unet.json of fewstep train), gmm-vp, a diffusers "
+        "pipeline's save_pretrained DIR (samples are its latents) or pkg.mod:factory",
     )
     g.add_argument("--num-samples", type=int, required=True)
     g.add_argument("--out", required=True, help="output directory (manifest.json, shards)")
@@ -106,10 +120,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument(
         "--labels", default="auto", help="cycle (i %% classes), a class, none, or auto (default)"
     )
-    g.add_argument(
-        "--model-option", action="append", metavar="KEY=VALUE", help="e.g. dim=8 for gmm-*"
-    )
-    g.add_argument("--shape", default=None, help="C,H,W of a factory model's samples")
+    add_model_arguments(g)
     g.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     g.add_argument("--batch-size", type=int, default=256)
     g.add_argument("--shard-size", type=int, default=None, help="default: the dir's, else 2000")

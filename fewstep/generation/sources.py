@@ -1,7 +1,7 @@
 """Where a generation model comes from: a shipped digits model (by name, or the path of the
-``NAME.json`` that ``fewstep train`` wrote), an exact reference problem or a user's
-``package.module:factory``. The driver records its identity without loading it; any
-process (the driver, a Ray worker) loads it from that record."""
+``NAME.json`` that ``fewstep train`` wrote), an exact reference problem, a diffusers pipeline
+saved in a directory or a user's ``package.module:factory``. The driver records its identity
+without loading it; any process (the driver, a Ray worker) loads it from that record."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from ..errors import ArgumentError, FewstepError
 from ..model import Model
 
 GMM_DEFAULTS = {"dim": 64, "components": 8, "seed": 0}
+#: the model options of a saved diffusers pipeline
+PIPELINE_OPTIONS = ("mu", "torch_dtype")
 
 
 def _gmm_names() -> tuple[str, ...]:
@@ -39,12 +41,26 @@ def trained(name: str, options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]
     return path.stem, {**options, "directory": str(path.parent)}
 
 
+def _saved_pipeline(name: str):
+    """The ``SavedPipeline`` of a directory with a model_index.json (diffusers needed)."""
+    try:
+        from ..integrations.diffusers.saved import SavedPipeline
+    except ImportError as err:
+        raise ArgumentError(
+            "model", f"{name} is a diffusers pipeline: {err}", "pip install fewstep[peers]"
+        ) from err
+    return SavedPipeline.read(name)
+
+
 def kind(name: str) -> str:
-    """The kind of a ``--model`` value: digits, gmm or factory (else ``ArgumentError``)."""
+    """The kind of a ``--model`` value: digits, gmm, diffusers or factory (else
+    ``ArgumentError``)."""
     if trained(name, {})[0] in _digits_names():
         return "digits"
     if name in _gmm_names():
         return "gmm"
+    if (Path(name) / "model_index.json").is_file():
+        return "diffusers"
     module, _, attr = name.partition(":")
     if module and attr:
         return "factory"
@@ -52,8 +68,8 @@ def kind(name: str) -> str:
         "model",
         f"unknown {name!r}",
         f"a shipped model {list(_digits_names())} (or DIR/NAME.json from fewstep train), an "
-        f"exact problem {list(_gmm_names())} or package.module:factory (a callable returning "
-        "a fewstep.Model)",
+        f"exact problem {list(_gmm_names())}, a diffusers pipeline's save_pretrained "
+        "directory or package.module:factory (a callable returning a fewstep.Model)",
     )
 
 
@@ -92,8 +108,26 @@ def identify(
                 "model options", f"{sorted(unknown)} for {name!r}", f"only {sorted(GMM_DEFAULTS)}"
             )
         return {**GMM_DEFAULTS, **options}, None, False
+    if found == "diffusers":
+        unknown = set(options) - set(PIPELINE_OPTIONS)
+        if unknown:
+            raise ArgumentError(
+                "model options",
+                f"{sorted(unknown)} for a diffusers pipeline",
+                f"only {list(PIPELINE_OPTIONS)}",
+            )
+        saved = _saved_pipeline(name)
+        return dict(options), saved.weights_sha256(), saved.num_classes is not None
     _factory(name)
     return dict(options), None, None
+
+
+def _check_weights(name: str, found: str, expected: str | None) -> None:
+    if found != expected:
+        raise FewstepError(
+            f"{name} here has weights {found}, the run was set up with {expected} (every "
+            "worker needs the same model files)"
+        )
 
 
 def load(
@@ -112,11 +146,12 @@ def load(
 
         stem, resolved = trained(name, options)
         model = load_digits(stem, **extra, **resolved)
-        if model.info["sha256"] != weights_sha256:
-            raise FewstepError(
-                f"{name} here has weights {model.info['sha256']}, the run was set up with "
-                f"{weights_sha256} (every worker needs the same fewstep models)"
-            )
+        _check_weights(name, model.info["sha256"], weights_sha256)
+        return model, tuple(shape or model.image_shape)
+    if found == "diffusers":
+        saved = _saved_pipeline(name)
+        _check_weights(name, saved.weights_sha256(), weights_sha256)
+        model = saved.model(**options, **extra)
         return model, tuple(shape or model.image_shape)
     if found == "gmm":
         from ..reference import problem

@@ -5,10 +5,13 @@ each configuration as JSON (for ``fewstep.sample(config=...)``, ``fewstep sample
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 import torch
 
+from ..generation.cli import add_model_arguments, parse_options, parse_shape
 from ..guidance import class_inputs
 from ..noise import randn
 from .tune import METHODS, tune
@@ -29,13 +32,15 @@ def calibration_count(name: str, given: int | None) -> int:
     return EXACT_CALIBRATION if sources.kind(name) == "gmm" else NETWORK_CALIBRATION
 
 
-def _calibration(name: str, count: int, seed: int, guidance: float):
-    """(model, calibration noises, cond, uncond, exact target or None) for a model value."""
+def _calibration(args: argparse.Namespace, count: int):
+    """(model, calibration noises, cond, uncond, exact target or None) for ``--model``."""
     from ..generation import sources
 
-    options, weights, _ = sources.identify(name, {})
-    model, shape = sources.load(name, options, guidance, weights, None)
-    noise = randn((count, *shape), seed=seed)
+    name = args.model
+    options, weights, _ = sources.identify(name, parse_options(args.model_option, "--model-option"))
+    shape = None if args.shape is None else tuple(parse_shape(args.shape))
+    model, shape = sources.load(name, options, args.guidance, weights, shape)
+    noise = randn((count, *shape), seed=args.seed)
     if sources.kind(name) == "gmm":
         from ..reference import problem
 
@@ -44,15 +49,31 @@ def _calibration(name: str, count: int, seed: int, guidance: float):
     classes = getattr(model, "num_classes", None)
     if classes is None:
         return model, noise, None, None, None
-    labels = torch.arange(count) % classes
-    return model, noise, *class_inputs(model, labels), None
+    return model, noise, *class_inputs(model, calibration_labels(count, classes)), None
+
+
+def calibration_labels(count: int, classes: int) -> torch.Tensor:
+    """The calibration noises' classes: every class in turn, or spread evenly over the
+    classes where there are fewer noises than classes (DiT's 1000)."""
+    index = torch.arange(count)
+    return index % classes if count >= classes else index * classes // count
+
+
+def _file_stem(name: str) -> str:
+    """The config files' name stem: the model, its json's stem, or its directory's name."""
+    from ..generation import sources
+
+    path = Path(name)
+    return path.stem if sources.kind(name) == "digits" else path.name.replace(":", "-")
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
+    if os.getcwd() not in sys.path:  # package.module:factory from the current directory
+        sys.path.insert(0, os.getcwd())
     count = calibration_count(args.model, args.calibration)
-    model, noise, cond, uncond, target = _calibration(args.model, count, args.seed, args.guidance)
+    model, noise, cond, uncond, target = _calibration(args, count)
     out = Path(args.out)
-    stem = Path(args.model).stem
+    stem = _file_stem(args.model)
     for nfe in args.nfe:
         config = tune(
             model,
@@ -89,8 +110,11 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--model",
         default="gmm-vp",
-        help="a shipped digits model (or DIR/NAME.json) or an exact problem (gmm-vp, ...)",
+        help="a shipped digits model (or DIR/NAME.json), an exact problem (gmm-vp, ...), a "
+        "diffusers pipeline's save_pretrained DIR (unconditional or class-conditional) or "
+        "package.module:factory",
     )
+    add_model_arguments(p)
     p.add_argument("--nfe", type=int, nargs="+", default=[5], help="one or more budgets")
     p.add_argument(
         "--calibration",
