@@ -382,6 +382,8 @@ def test_a_compiled_network_is_called_as_the_module_it_compiles():
 def test_network_model_errors_name_the_argument():
     with pytest.raises(fewstep.ArgumentError, match="network"):
         network_model(lambda x, t: x, _sd_scheduler())
+    with pytest.raises(fewstep.ArgumentError, match=r"Linear\.forward takes no timestep"):
+        network_model(torch.nn.Linear(2, 2), _sd_scheduler())
     with pytest.raises(fewstep.ArgumentError, match="scheduler"):
         network_model(_tiny_unet(), "scaled_linear")
     with pytest.raises(fewstep.ArgumentError, match="fixed"):

@@ -63,7 +63,14 @@ class NetworkCall:
         self.time_scale = time_scale
         self.timestep = timestep
         self.fixed = dict(fixed)
-        params = inspect.signature(_unwrapped(network).forward).parameters
+        inner = _unwrapped(network)
+        params = inspect.signature(inner.forward).parameters
+        if "timestep" not in params:
+            raise ArgumentError(
+                "network",
+                f"{type(inner).__name__}.forward takes no timestep",
+                "wrap it yourself: fewstep.Model(lambda x, t, **cond: ..., schedule, prediction)",
+            )
         self.sample_name = next(iter(params))
         self.accepts = set(params)
         self.any_keyword = any(p.kind is p.VAR_KEYWORD for p in params.values())
@@ -134,13 +141,6 @@ def network_model(
         raise ArgumentError(
             "network", f"expected a torch module, got {type(network).__name__}", "pipe.unet"
         )
-    inner = _unwrapped(network)
-    if "timestep" not in inspect.signature(inner.forward).parameters:
-        raise ArgumentError(
-            "network",
-            f"{type(inner).__name__}.forward takes no timestep",
-            "wrap it yourself: fewstep.Model(lambda x, t, **cond: ..., schedule, prediction)",
-        )
     config = getattr(scheduler, "config", scheduler)
     if not isinstance(config, Mapping):
         raise ArgumentError(
@@ -149,7 +149,7 @@ def network_model(
     if fixed is not None and not isinstance(fixed, Mapping):
         raise ArgumentError("fixed", f"expected a mapping of inputs, got {type(fixed).__name__}")
     translator = FewstepScheduler.from_config(config, tuned=None)
-    if timestep is None and type(inner).__name__ in TIMESTEP_PER_THOUSAND:
+    if timestep is None and type(_unwrapped(network)).__name__ in TIMESTEP_PER_THOUSAND:
         timestep = _per_thousand
     fn = NetworkCall(network, translator.time_scale, timestep, fixed or {})
     if dtype is None:
