@@ -840,6 +840,27 @@ def test_stage_three_finishes_only_the_descents_best_at_the_screen(setup, monkey
     starts = [(c, {}) for c in candidates]
     finished = tune_module._descend(model, teacher, starts, 4, "full", 20, bar)
     assert [d.steps for d in made] == [20] * 3 and len(finished) == 3 and bar.total == 60
+    # ... and with draws=2 each start descends again on other minibatches, to other ends
+    made.clear()
+    bar = tqdm(total=0, disable=True)
+    again = tune_module._descend(model, teacher, starts, 4, "full", 20, bar, draws=2)
+    assert [d.steps for d in made] == [20] * 6 and bar.total == 120
+    assert again[:3] == finished  # draw 0 is the descent draws=1 runs
+    assert [start for start, *_ in again[3:]] == candidates
+    assert all(a[2] != b[2] for a, b in zip(again[:3], again[3:], strict=True))
+
+
+def test_more_draws_never_keep_a_higher_calibration_loss(setup, monkeypatch):
+    """draws=2 runs draws=1's descents and others beside them and keeps the lowest loss."""
+    _, model, calibration, target, _ = setup
+    monkeypatch.setattr(gradient, "FIT_BATCH", 6)
+    options = dict(calibration=calibration, target=target, iterations=10, progress=False)
+    one = fewstep.tune(model, 3, **options)
+    two = fewstep.tune(model, 3, draws=2, **options)
+    assert two.meta["calibration_rmse"] <= one.meta["calibration_rmse"]
+    assert two.meta["tuning_calls"] > one.meta["tuning_calls"]
+    with pytest.raises(fewstep.ArgumentError, match="draws"):
+        fewstep.tune(model, 3, draws=0, **options)
 
 
 def test_the_order_search_runs_no_trial_that_compiles_to_the_current_sampler(setup, monkeypatch):
@@ -900,6 +921,7 @@ def test_tune_command_writes_a_config_that_sample_accepts(tmp_path, capsys):
 
     args = ["--model", "gmm-vp", "--nfe", "3", "--calibration", "8", "--iterations", "3"]
     tune = ["tune", *args, "--model-option", "dim=3", "--batch-size", "4", "--recompute"]
+    tune += ["--draws", "2"]  # no minibatches at 8 noises: the same descents
     assert main([*tune, "--out", str(tmp_path)]) == 0
     path = tmp_path / "gmm-vp-nfe3.json"
     assert SamplerConfig.load(path).nfe == 3

@@ -88,6 +88,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             analytic=not args.model_first,
             batch_size=args.batch_size,
             recompute=args.recompute,
+            draws=args.draws,
         )
         path = out / f"{stem}-nfe{nfe}.json"
         config.save(path)
@@ -144,6 +145,13 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="run each network call again in the backward pass instead of keeping its "
         "activations (memory of one call, not nfe; one more call per call)",
+    )
+    p.add_argument(
+        "--draws",
+        type=int,
+        default=1,
+        help="minibatch descents (thousands of noises) per start, on other draws; the "
+        "lowest calibration loss is kept",
     )
     p.add_argument("--out", default="out/tune", help="directory of the config JSON files")
     p.set_defaults(func=_cmd_tune)

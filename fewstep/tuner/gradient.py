@@ -227,6 +227,7 @@ class Descent:
         progress=None,
         batch_size: int | None = None,
         recompute: bool = False,
+        draw_seed: int = 0,
     ):
         schedule = model.schedule
         self.recompute = recompute
@@ -266,7 +267,8 @@ class Descent:
         self.fit, self.held = held_out_split(x0.shape[0], None if label is None else label[1])
         self.fit_inputs = _subset(*self.inputs, self.fit)
         self.held_inputs = _subset(*self.inputs, self.held)
-        self.draw = torch.Generator().manual_seed(0)  # the same minibatches on every run
+        # the same minibatches on every run of a draw_seed
+        self.draw = torch.Generator().manual_seed(draw_seed)
         self.best = self.last = self._snapshot()
         self.start = float(self.best[0].mean())
         self.steps = 0

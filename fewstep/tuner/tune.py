@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from .. import defaults
 from ..analytic import GaussianData
 from ..errors import ArgumentError
+from ..generation.spec import check_count
 from ..model import Model
 from ..program import Combine
 from ..sampling import plan
@@ -166,6 +167,7 @@ def tune(
     analytic: bool = True,
     batch_size: int | None = None,
     recompute: bool = False,
+    draws: int = 1,
     progress: bool = True,
 ) -> SamplerConfig:
     """A sampler configuration for ``model`` at ``nfe`` model calls, fitted on the
@@ -197,6 +199,12 @@ def tune(
             keeping its activations (activation checkpointing): it then holds one call's
             activations instead of nfe calls', for one more network call per call; the same
             descent. For networks whose activations fill memory even at a small batch_size.
+        draws: where descents draw minibatches (more than ``FIT_BATCH`` fitting noises),
+            each start descends this many times, with other draws, and the lowest
+            calibration loss is kept: which minibatches a descent draws can decide which
+            basin it ends in (gmm-vp at 6 calls: held-out 2.7e-3 to 4.9e-3,
+            ``bench/tuner_spread.py``), and the calibration loss tells those ends apart.
+            Each draw costs a descent's model calls.
     """
     if method not in METHODS:
         raise ArgumentError("method", f"unknown {method!r}", f"one of {METHODS}")
@@ -204,6 +212,7 @@ def tune(
         raise ArgumentError("nfe", f"tuning needs at least 2 model calls, got {nfe!r}")
     _check_calibration(calibration)
     check_batch_size(batch_size)
+    check_count("draws", draws)
     if torch.is_inference_mode_enabled():
         raise ArgumentError(
             "torch.inference_mode",
@@ -247,7 +256,7 @@ def tune(
         if method in ("grid", "coefficients", "full"):
             starts += _starts(model, searched, family, nfe)
     for start, loss, times, start_corrections, start_calls in _descend(
-        model, teacher, starts, nfe, method, iterations, bar, batch_size, recompute
+        model, teacher, starts, nfe, method, iterations, bar, batch_size, recompute, draws
     ):
         if loss < best.loss:  # otherwise the searched sampler stands
             best = start._replace(loss=loss, times=times)
@@ -363,18 +372,26 @@ def _descend(
     bar,
     batch_size: int | None = None,
     recompute: bool = False,
+    draws: int = 1,
 ) -> list[tuple[Candidate, float, list[float], list, list[float] | None]]:
     """Stage 3, screened (successive halving) unless the descents draw minibatches: a
     descent from each start runs ``SCREEN`` of its steps, then the ``KEEP`` with the lowest
-    held-out error so far run to the end. (start, calibration loss, times, corrections, call
-    times) of each finished descent."""
-    descents = [
-        _descent(model, teacher, start, nfe, method, iterations, bar, rates, batch_size, recompute)
-        for start, rates in starts
-    ]
+    held-out error so far run to the end. Minibatch descents run ``draws`` times from each
+    start (draw seeds 0, 1, ...). (start, calibration loss, times, corrections, call times)
+    of each finished descent."""
+
+    def begin(start, rates, seed=0):
+        return _descent(
+            model, teacher, start, nfe, method, iterations, bar, rates, batch_size, recompute, seed
+        )
+
+    descents = [begin(start, rates) for start, rates in starts]
     screen = min(iterations, math.ceil(SCREEN * iterations))
     kept = min(KEEP, len(descents))
-    if any(descent.minibatched for descent in descents):
+    if any(d.minibatched for d in descents):
+        again = [(start, rates, seed) for seed in range(1, draws) for start, rates in starts]
+        descents += [begin(*args) for args in again]
+        starts = starts + [(start, rates) for start, rates, _ in again]
         kept = len(descents)  # not screened (see SCREEN)
     bar.total += screen * len(descents) + (iterations - screen) * kept
     for descent in descents:
@@ -512,6 +529,7 @@ def _descent(
     rates: dict,
     batch_size: int | None = None,
     recompute: bool = False,
+    draw_seed: int = 0,
 ) -> Descent:
     """A gradient descent from ``start`` that learns what ``method`` tunes (``rates``:
     learning rates other than ``Descent``'s defaults)."""
@@ -529,5 +547,6 @@ def _descent(
         progress=bar,
         batch_size=batch_size,
         recompute=recompute,
+        draw_seed=draw_seed,
         **rates,
     )
