@@ -203,8 +203,8 @@ def tune(
             each start descends this many times, with other draws, and the lowest
             calibration loss is kept: which minibatches a descent draws can decide which
             basin it ends in (gmm-vp at 6 calls: held-out 2.7e-3 to 4.9e-3,
-            ``bench/tuner_spread.py``), and the calibration loss tells those ends apart.
-            Each draw costs a descent's model calls.
+            ``bench/tuner_spread.py``), and the calibration loss mostly ranks those ends as
+            held-out noises do. Each draw costs a descent's model calls.
     """
     if method not in METHODS:
         raise ArgumentError("method", f"unknown {method!r}", f"one of {METHODS}")
