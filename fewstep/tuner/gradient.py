@@ -206,7 +206,8 @@ class Descent:
     calls). ``batch_size`` bounds how many noises one differentiated run holds (its memory:
     every network call's activations are kept for the backward pass); a step then
     accumulates the gradient over chunks of its batch, to the same loss. With ``recompute``
-    a run keeps one call's activations at a time, each call run again in the backward."""
+    a run keeps one call's activations at a time, each call run again in the backward.
+    ``draw_seed`` seeds which noises its minibatches draw, where it draws them."""
 
     def __init__(
         self,
