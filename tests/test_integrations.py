@@ -495,6 +495,9 @@ def test_a_saved_unconditional_pipeline_and_what_the_command_line_cannot_run(tmp
         sources.load(name, {"torch_dtype": "int8"}, 1.0, weights, None)
     with pytest.raises(fewstep.FewstepError, match="every worker needs the same model files"):
         sources.load(name, options, 1.0, "0" * 64, None)
+    with open(next((tmp_path / "ddpm" / "unet").glob("*.safetensors")), "ab") as f:
+        f.write(b"\0")  # changed weights: hashed afresh, not the digest read before
+    assert sources.identify(name, {})[1] != weights
     # text-to-image: the prompts' embeddings cannot come from the command line
     index = json.loads((tmp_path / "ddpm" / "model_index.json").read_text())
     index["text_encoder"] = ["transformers", "CLIPTextModel"]

@@ -10,7 +10,7 @@ import hashlib
 import inspect
 import json
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,24 @@ def _json(path: Path) -> dict[str, Any]:
         raise ArgumentError("model", f"cannot read {path}: {err}") from err
 
 
+def _component(index: dict[str, Any], key: str) -> str | None:
+    """The class of a model_index.json component; None where absent (saved as nulls)."""
+    return (index.get(key) or [None])[-1]
+
+
+@lru_cache(maxsize=8)
+def _digest(files: tuple[tuple[str, int, int], ...]) -> str:
+    """sha256 over weight files' names and bytes, given as (path, size, mtime) so that an
+    unchanged file is read once per process (identify and load both check it)."""
+    digest = hashlib.sha256()
+    for path, _, _ in files:
+        digest.update(Path(path).name.encode())
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class SavedPipeline:
     """What a saved pipeline's files say about its network, read without loading weights."""
@@ -53,18 +71,18 @@ class SavedPipeline:
         run (no network, a text encoder, or a network input fewstep cannot fill)."""
         root = Path(path)
         index = _json(root / "model_index.json")
-        name = next((n for n in NETWORKS if (index.get(n) or [None])[-1]), None)
-        if name is None or not (index.get("scheduler") or [None])[-1]:
+        name = next((n for n in NETWORKS if _component(index, n)), None)
+        if name is None or not _component(index, "scheduler"):
             raise ArgumentError(
                 "model", f"{root} has no unet/transformer and scheduler in model_index.json"
             )
-        if any((index.get(k) or [None])[-1] for k in index if k.startswith("text_encoder")):
+        if any(_component(index, k) for k in index if k.startswith("text_encoder")):
             raise ArgumentError(
                 "model",
                 f"{root} is a text-to-image pipeline ({index.get('_class_name')})",
                 _PROMPT_HINT,
             )
-        saved = cls(root, name, index[name][-1])
+        saved = cls(root, name, _component(index, name))
         saved._check_inputs()
         return saved
 
@@ -129,16 +147,11 @@ class SavedPipeline:
     def weights_sha256(self) -> str:
         """sha256 over the network's weight files (names and bytes): the identity every
         process that loads the directory must find."""
-        digest = hashlib.sha256()
         files = sorted(
             p for p in (self.path / self.network).iterdir() if p.suffix in (".safetensors", ".bin")
         )
-        for file in files:
-            digest.update(file.name.encode())
-            with file.open("rb") as f:
-                while chunk := f.read(1 << 22):
-                    digest.update(chunk)
-        return digest.hexdigest()
+        stats = [(str(p.resolve()), p.stat()) for p in files]
+        return _digest(tuple((path, s.st_size, s.st_mtime_ns) for path, s in stats))
 
     def model(
         self, *, guidance_scale: float = 1.0, mu: float | None = None, torch_dtype: str = "float32"
