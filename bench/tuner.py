@@ -46,6 +46,7 @@ from fewstep.guidance import class_inputs
 from fewstep.io import atomic_write_bytes, atomic_write_text
 from fewstep.reference import problem, rmse
 from fewstep.tuner import refit_first_step
+from fewstep.tuner.tune import DRAWS
 
 torch.set_num_threads(2)
 
@@ -93,6 +94,7 @@ def _tune(model, nfe, cal, target, args, cond=None, uncond=None):
         uncond=uncond,
         target=target,
         iterations=args.iterations,
+        draws=args.draws,
         progress=False,
     )
     return config, model.nfe - calls
@@ -399,7 +401,8 @@ def _fmt(v: float) -> str:
 def _made_by(meta: dict) -> str:
     return (
         f"`{meta['command']}`: {meta['minutes']:.1f} min on 2 CPU cores; "
-        f"{meta['calibration']} calibration noises, {meta['iterations']} gradient steps."
+        f"{meta['calibration']} calibration noises, {meta['iterations']} gradient steps"
+        + (f", {meta['draws']} draws per minibatch descent." if "draws" in meta else ".")
     )
 
 
@@ -742,6 +745,7 @@ def main() -> None:
     # descent (in minibatches, at the same cost per step) and its held-out check see them
     parser.add_argument("--calibration", type=int, default=4096)
     parser.add_argument("--iterations", type=int, default=600)
+    parser.add_argument("--draws", type=int, default=DRAWS, help="fewstep.tune's draws")
     parser.add_argument("--digits-samples", type=int, default=1000)
     parser.add_argument("--digits-calibration", type=int, default=64)
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0])
@@ -778,6 +782,8 @@ def main() -> None:
             iterations=args.iterations,
             samples=args.samples,
             digits_samples=args.digits_samples,
+            # digits calibrate on fewer noises than a minibatch: one descent per start
+            **({"draws": args.draws} if section == "mixtures" else {}),
         )
         atomic_write_text(out / f"tuner_{section}{suffix}.json", json.dumps(data, indent=1))
     # the report joins every section's latest results

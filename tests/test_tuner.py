@@ -851,14 +851,20 @@ def test_stage_three_finishes_only_the_descents_best_at_the_screen(setup, monkey
 
 
 def test_more_draws_never_keep_a_higher_calibration_loss(setup, monkeypatch):
-    """draws=2 runs draws=1's descents and others beside them and keeps the lowest loss."""
+    """draws=2 runs draws=1's descents and others beside them and keeps the lowest loss;
+    the default runs DRAWS; without minibatches every draws count runs the same descents."""
     _, model, calibration, target, _ = setup
-    monkeypatch.setattr(gradient, "FIT_BATCH", 6)
     options = dict(calibration=calibration, target=target, iterations=10, progress=False)
-    one = fewstep.tune(model, 3, **options)
+    whole = [fewstep.tune(model, 3, draws=k, **options).meta["tuning_calls"] for k in (1, 3)]
+    assert whole[0] == whole[1]
+    monkeypatch.setattr(gradient, "FIT_BATCH", 6)
+    one = fewstep.tune(model, 3, draws=1, **options)
     two = fewstep.tune(model, 3, draws=2, **options)
+    default = fewstep.tune(model, 3, **options)
+    assert sys.modules["fewstep.tuner.tune"].DRAWS == 3
     assert two.meta["calibration_rmse"] <= one.meta["calibration_rmse"]
-    assert two.meta["tuning_calls"] > one.meta["tuning_calls"]
+    assert default.meta["calibration_rmse"] <= two.meta["calibration_rmse"]
+    assert one.meta["tuning_calls"] < two.meta["tuning_calls"] < default.meta["tuning_calls"]
     with pytest.raises(fewstep.ArgumentError, match="draws"):
         fewstep.tune(model, 3, draws=0, **options)
 

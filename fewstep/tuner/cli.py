@@ -14,7 +14,7 @@ import torch
 from ..generation.cli import add_model_arguments, parse_options, parse_shape
 from ..guidance import class_inputs
 from ..noise import randn
-from .tune import METHODS, tune
+from .tune import DRAWS, METHODS, tune
 
 #: calibration noises when ``--calibration`` is not given: an exact problem's calls are cheap
 #: and 64 noises overfit it (gmm-vp at 5 calls: held-out RMSE 8.9e-3 from 64 noises, 7.6e-3
@@ -149,9 +149,9 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--draws",
         type=int,
-        default=1,
+        default=DRAWS,
         help="minibatch descents (thousands of noises) per start, on other draws; the "
-        "lowest calibration loss is kept",
+        f"lowest calibration loss is kept (default {DRAWS})",
     )
     p.add_argument("--out", default="out/tune", help="directory of the config JSON files")
     p.set_defaults(func=_cmd_tune)

@@ -69,6 +69,11 @@ CAUTIOUS = {"lr_times": 3e-3, "lr_coefficients": 1e-3}
 #: their held-out error jumps from draw to draw, and the leader changes late
 SCREEN = 0.25
 KEEP = 1
+#: minibatch descents per start: which minibatches a descent draws can decide the basin it
+#: ends in, and the lowest calibration loss of three mostly picks a better one (gmm-vp at 6
+#: calls over four row orders: held-out mean 3.38e-3 with one, 2.75e-3 with three;
+#: ``bench/tuner_spread.py``), for about twice the tuning time there
+DRAWS = 3
 
 #: the teachers of this process, shared by every ``tune`` call
 TEACHERS = TeacherCache()
@@ -167,7 +172,7 @@ def tune(
     analytic: bool = True,
     batch_size: int | None = None,
     recompute: bool = False,
-    draws: int = 1,
+    draws: int = DRAWS,
     progress: bool = True,
 ) -> SamplerConfig:
     """A sampler configuration for ``model`` at ``nfe`` model calls, fitted on the
@@ -201,10 +206,11 @@ def tune(
             descent. For networks whose activations fill memory even at a small batch_size.
         draws: where descents draw minibatches (more than ``FIT_BATCH`` fitting noises),
             each start descends this many times, with other draws, and the lowest
-            calibration loss is kept: which minibatches a descent draws can decide which
-            basin it ends in (gmm-vp at 6 calls: held-out 2.7e-3 to 4.9e-3,
-            ``bench/tuner_spread.py``), and the calibration loss mostly ranks those ends as
-            held-out noises do. Each draw costs a descent's model calls.
+            calibration loss is kept (``DRAWS``): which minibatches a descent draws can
+            decide which basin it ends in (gmm-vp at 6 calls: held-out 2.7e-3 to 4.9e-3 with
+            one draw, ``bench/tuner_spread.py``), and the calibration loss mostly ranks those
+            ends as held-out noises do. Each draw costs a descent's model calls; fewer
+            fitting noises run one descent per start whatever this is.
     """
     if method not in METHODS:
         raise ArgumentError("method", f"unknown {method!r}", f"one of {METHODS}")
