@@ -429,13 +429,16 @@ def test_a_saved_dit_pipeline_is_tuned_from_the_command_line_and_runs_in_its_pip
     from fewstep.cli import main
     from fewstep.generation import load_samples
     from fewstep.generation.runner import index_noise
+    from fewstep.tuner.cli import model_first
 
     pipe = _saved_dit(tmp_path / "dit")
     tune = ["tune", "--model", str(tmp_path / "dit"), "--nfe", "3", "--guidance", "2"]
-    tune += ["--calibration", "6", "--iterations", "4", "--model-first", "--out", str(tmp_path)]
-    assert main(tune) == 0
+    tune += ["--calibration", "6", "--iterations", "4", "--out", str(tmp_path)]
+    assert main(tune) == 0  # a pipeline directory: model-first by default
     path = tmp_path / "dit-nfe3.json"
     assert f"-> {path}" in capsys.readouterr().out
+    assert model_first(str(tmp_path / "dit"), None) and not model_first("gmm-vp", None)
+    assert not model_first(str(tmp_path / "dit"), False)  # --no-model-first
     # the tuned sampler in DiTPipeline: the images fewstep.sample gives from the same noise
     base = pipe.scheduler.config
     pipe.scheduler = FewstepScheduler.from_config(base, tuned=str(path))

@@ -59,6 +59,15 @@ def calibration_labels(count: int, classes: int) -> torch.Tensor:
     return index % classes if count >= classes else index * classes // count
 
 
+def model_first(name: str, given: bool | None) -> bool:
+    """Whether the sampler calls the model first: ``given``, or for a pipeline directory
+    yes, since its configs are meant for ``FewstepScheduler`` in the pipeline, which calls
+    the network on its initial latents first."""
+    from ..generation import sources
+
+    return given if given is not None else sources.kind(name) == "diffusers"
+
+
 def _file_stem(name: str) -> str:
     """The config files' name stem: the model, its json's stem, or its directory's name."""
     from ..generation import sources
@@ -85,7 +94,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             solver=args.solver,
             method=args.method,
             iterations=args.iterations,
-            analytic=not args.model_first,
+            analytic=not model_first(args.model, args.model_first),
             batch_size=args.batch_size,
             recompute=args.recompute,
             draws=args.draws,
@@ -131,8 +140,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--iterations", type=int, default=600, help="gradient steps per descent")
     p.add_argument(
         "--model-first",
-        action="store_true",
-        help="no analytic first step: a config the diffusers scheduler can run",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="no analytic first step: a config the diffusers scheduler can run (default for "
+        "a pipeline directory; --no-model-first lets the tuner try the analytic one there)",
     )
     p.add_argument(
         "--batch-size",
