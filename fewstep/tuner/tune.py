@@ -16,7 +16,8 @@ grid is the first candidate, so tuning never makes the calibration loss worse):
    is chaotic, so two descents kept by their loss land in a poor basin far less often),
    screened where they fit every noise at each step: every descent runs ``SCREEN`` of its
    steps, and only the ``KEEP`` with the lowest held-out error there run to the end
-   (successive halving: the descents are most of the tuning time);
+   (successive halving: the descents are most of the tuning time); where they draw
+   minibatches, ``DRAWS`` times from each start on other draws instead, all to the end;
 4. finish: the result refitted as a combination of the last state and every evaluation's
    data prediction (a convex fit, fewstep.tuner.finish), where it lowers the held-out error.
 
