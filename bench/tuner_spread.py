@@ -1,8 +1,9 @@
 """The tuner's run-to-run spread on an exact mixture: the same calibration noises and targets
 as ``bench/tuner.py``'s mixtures section, in other row orders. The row order decides which
 noises a descent holds out (every fourth) and which each of its minibatches draws (order 0
-is the bench's own run), so the spread is how far a tuning's held-out result moves with
-nothing but those choices (float rounding on another machine moves it as far).
+with ``--draws 3``, tune's default, is the bench's own run), so the spread is how far a
+tuning's held-out result moves with nothing but those choices (float rounding on another
+machine moves it as far).
 
     python bench/tuner_spread.py --problem gmm-vp --nfe 6 5 --orders 4
     python bench/tuner_spread.py --problem gmm-vp --nfe 6 5 --orders 4 --draws 3
@@ -45,7 +46,9 @@ def main() -> None:
     parser.add_argument("--problem", default="gmm-vp")
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 6])
     parser.add_argument("--orders", type=int, default=4, help="row orders, the given one first")
-    parser.add_argument("--draws", type=int, default=1, help="fewstep.tune's draws")
+    parser.add_argument(
+        "--draws", type=int, default=1, help="fewstep.tune's draws (its default: 3)"
+    )
     parser.add_argument("--samples", type=int, default=8192)
     parser.add_argument("--calibration", type=int, default=4096)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
