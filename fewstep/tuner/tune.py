@@ -73,7 +73,8 @@ KEEP = 1
 #: minibatch descents per start: which minibatches a descent draws can decide the basin it
 #: ends in, and the lowest calibration loss of three mostly picks a better one (gmm-vp at 6
 #: calls over four row orders: held-out mean 3.38e-3 with one, 2.75e-3 with three;
-#: ``bench/tuner_spread.py``), for about twice the tuning time there
+#: ``bench/tuner_spread.py``), for 2.7-3.0x the tuning time on the mixtures of
+#: ``bench/tuner.py`` (the descents are most of it)
 DRAWS = 3
 
 #: the teachers of this process, shared by every ``tune`` call
