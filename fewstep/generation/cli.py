@@ -41,8 +41,10 @@ def _labels(text: str) -> str | int | None:
     raise ArgumentError("--labels", f"got {text!r}", "auto, cycle, none or a class index")
 
 
-def parse_shape(text: str) -> list[int]:
-    """``--shape C,H,W`` as a list of integers."""
+def parse_shape(text: str | None) -> list[int] | None:
+    """``--shape C,H,W`` as a list of integers (None where not given)."""
+    if text is None:
+        return None
     try:
         return [int(s) for s in text.split(",")]
     except ValueError as err:
@@ -60,9 +62,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape", default=None, help="C,H,W of a factory model's samples")
 
 
-def _cmd_generate(args: argparse.Namespace) -> int:
-    if os.getcwd() not in sys.path:  # package.module:factory from the current directory
+def import_from_cwd() -> None:
+    """Let a ``--model package.module:factory`` come from the current directory, as
+    ``python -m`` would (generate and tune)."""
+    if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import_from_cwd()
     result = generate(
         args.model,
         args.out,
@@ -76,7 +84,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         guidance=args.guidance,
         labels=_labels(args.labels),
         model_options=parse_options(args.model_option, "--model-option"),
-        shape=None if args.shape is None else parse_shape(args.shape),
+        shape=parse_shape(args.shape),
         dtype=args.dtype,
         batch_size=args.batch_size,
         shard_size=args.shard_size,

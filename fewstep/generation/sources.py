@@ -6,7 +6,7 @@ without loading it; any process (the driver, a Ray worker) loads it from that re
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +135,7 @@ def load(
     options: Mapping[str, Any],
     guidance: float,
     weights_sha256: str | None,
-    shape: tuple[int, ...] | None,
+    shape: Sequence[int] | None,
 ) -> tuple[Model, tuple[int, ...]]:
     """The model and the shape of one sample. A factory receives the options as keyword
     arguments (and ``guidance_scale`` when it is not 1)."""

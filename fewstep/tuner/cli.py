@@ -5,13 +5,11 @@ each configuration as JSON (for ``fewstep.sample(config=...)``, ``fewstep sample
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 
 import torch
 
-from ..generation.cli import add_model_arguments, parse_options, parse_shape
+from ..generation.cli import add_model_arguments, import_from_cwd, parse_options, parse_shape
 from ..guidance import class_inputs
 from ..noise import randn
 from .tune import DRAWS, METHODS, tune
@@ -38,8 +36,7 @@ def _calibration(args: argparse.Namespace, count: int):
 
     name = args.model
     options, weights, _ = sources.identify(name, parse_options(args.model_option, "--model-option"))
-    shape = None if args.shape is None else tuple(parse_shape(args.shape))
-    model, shape = sources.load(name, options, args.guidance, weights, shape)
+    model, shape = sources.load(name, options, args.guidance, weights, parse_shape(args.shape))
     noise = randn((count, *shape), seed=args.seed)
     if sources.kind(name) == "gmm":
         from ..reference import problem
@@ -77,8 +74,7 @@ def _file_stem(name: str) -> str:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    if os.getcwd() not in sys.path:  # package.module:factory from the current directory
-        sys.path.insert(0, os.getcwd())
+    import_from_cwd()
     count = calibration_count(args.model, args.calibration)
     model, noise, cond, uncond, target = _calibration(args, count)
     out = Path(args.out)
