@@ -6,7 +6,9 @@ sum_k w_k N(alpha mu_k, alpha^2 S_k + sigma^2 I), and the posterior mean is
     E[x0 | x] = sum_k r_k(x) (mu_k + alpha S_k (alpha^2 S_k + sigma^2 I)^{-1} (x - alpha mu_k))
 
 with responsibilities r_k from log-sum-exp. Working in each component's eigenbasis
-(S_k = U_k diag(s_k) U_k^T) makes every noise level a diagonal computation, in float64.
+(S_k = U_k diag(s_k) U_k^T) makes every noise level a diagonal computation, in float64;
+the denoiser's vector-Jacobian product is written out too, since tuners differentiate
+through thousands of its calls.
 """
 
 from __future__ import annotations
@@ -23,9 +25,66 @@ from ..schedules import NoiseSchedule
 
 
 def _column(value: float | Tensor, batch: int) -> Tensor:
-    """A (batch, 1, 1) float64 tensor from a scalar or per-sample value."""
+    """A (batch, 1, 1) float64 tensor from per-sample values, or (1, 1, 1) from one shared
+    value (a scalar or a single-element tensor: every sample at one noise level)."""
     v = torch.as_tensor(value, dtype=torch.float64)
-    return v.expand(batch).reshape(batch, 1, 1) if v.ndim == 0 else v.reshape(batch, 1, 1)
+    if v.numel() not in (1, batch):
+        raise ArgumentError("alpha, sigma", f"need 1 or {batch} values, got {v.numel()}")
+    return v.reshape(-1, 1, 1)
+
+
+class _PosteriorMean(torch.autograd.Function):
+    """The mixture's denoiser in eigen-coordinates with its vector-Jacobian product written
+    out: a few passes over (batch, K, d), mostly in place, where autograd would allocate,
+    keep and revisit every intermediate (tuners differentiate through thousands of calls).
+    Inputs: x (b, d), alpha and sigma as (b or 1, 1, 1) columns, the mixture's tensors."""
+
+    @staticmethod
+    def forward(ctx, flat, a, s, basis, means_eig, eigvals, log_weights):
+        z, var, logits = _noised(flat, a, s, basis, means_eig, eigvals, log_weights)
+        r = torch.softmax(logits, dim=-1).unsqueeze(-1)
+        gain = torch.div(eigvals, var).mul_(a)  # the posterior mean's slope per direction
+        post = torch.addcmul(means_eig, gain, z)
+        if any(ctx.needs_input_grad[:3]):
+            ctx.save_for_backward(z, var, r, post, gain, a, s, basis, means_eig, eigvals)
+        return post.mul(r).flatten(1) @ basis.T
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        z, var, r, post, gain, a, s, basis, means_eig, eigvals = ctx.saved_tensors
+        g = (grad @ basis).view_as(z)  # the output's gradient in each eigenbasis
+        g_r = (g * post).sum(-1, keepdim=True)
+        g_logits = r * (g_r - (r * g_r).sum(-2, keepdim=True))  # through the softmax
+        g_post = g.mul_(r)
+        scaled = z / var
+        # d var: through the posterior's slope and the responsibilities' log-densities
+        g_var = scaled.square().sub_(var.reciprocal()).mul_(0.5 * g_logits)
+        g_var.addcmul_(gain * scaled, g_post, value=-1)
+        g_z = torch.mul(gain, g_post).addcmul_(g_logits, scaled, value=-1)
+        g_flat = g_z.flatten(1) @ basis.T if ctx.needs_input_grad[0] else None
+        g_a = g_s = None
+        if ctx.needs_input_grad[1]:
+            g_a = torch.mul(scaled, eigvals).mul_(g_post).addcmul_(g_z, means_eig, value=-1)
+            g_a = g_a.addcmul_(g_var, 2 * a * eigvals).sum_to_size(a.shape)
+        if ctx.needs_input_grad[2]:
+            g_s = (2 * s * g_var).sum_to_size(s.shape)
+        return g_flat, g_a, g_s, None, None, None, None
+
+
+def _noised(flat, a, s, basis, means_eig, eigvals, log_weights):
+    """Eigen-coordinates of x - alpha mu_k (b, K, d), each component's noised variances
+    (b or 1, K, d) and the responsibilities' logits (b, K)."""
+    k, d = means_eig.shape
+    z = (flat @ basis).view(-1, k, d).addcmul_(a, means_eig, value=-1)
+    var = torch.addcmul(s * s, a * a, eigvals)
+    logits = (
+        log_weights
+        - 0.5 * (z * z).div_(var).sum(-1)
+        - 0.5 * torch.log(var).sum(-1)
+        - 0.5 * d * math.log(2 * math.pi)
+    )
+    return z, var, logits
 
 
 class GaussianMixture:
@@ -51,6 +110,9 @@ class GaussianMixture:
         self.weights = w / w.sum()
         self.eigvals, self.eigvecs = eigvals, eigvecs  # (K, d), (K, d, d)
         self._means_eig = torch.einsum("kd,kde->ke", means, eigvecs)  # mu_k in its eigenbasis
+        d = means.shape[1]
+        self._basis = eigvecs.permute(1, 0, 2).reshape(d, k * d)  # x @ basis: every eigenbasis
+        self._log_weights = torch.log(self.weights)
 
     @property
     def dim(self) -> int:
@@ -88,38 +150,31 @@ class GaussianMixture:
         )
 
     # -- exact quantities at noise level (alpha, sigma) ---------------------------------------
-    def _components(self, x: Tensor, alpha, sigma) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Eigen-coordinates of x - alpha mu_k, variances, responsibilities' logits, alpha."""
+    def _inputs(self, x: Tensor, alpha, sigma) -> tuple[Tensor, ...]:
+        """x flattened to (b, d) float64, alpha and sigma as columns, and the mixture's
+        tensors on x's device: the arguments of ``_noised`` and ``_PosteriorMean``."""
         b = x.shape[0]
         flat = x.reshape(b, -1).to(torch.float64)
         if flat.shape[1] != self.dim:
             raise ArgumentError(
                 "x", f"has {flat.shape[1]} features per sample, the mixture {self.dim}"
             )
-        a, s = _column(alpha, b).to(flat.device), _column(sigma, b).to(flat.device)
-        z = torch.einsum("bd,kde->bke", flat, self.eigvecs.to(flat.device))
-        z = z - a * self._means_eig.to(flat.device)
-        var = a**2 * self.eigvals.to(flat.device) + s**2
-        logits = (
-            torch.log(self.weights.to(flat.device))
-            - 0.5 * (z**2 / var + torch.log(var)).sum(-1)
-            - 0.5 * self.dim * math.log(2 * math.pi)
+        dev = flat.device
+        return (
+            flat,
+            _column(alpha, b).to(dev),
+            _column(sigma, b).to(dev),
+            *(v.to(dev) for v in (self._basis, self._means_eig, self.eigvals, self._log_weights)),
         )
-        return z, var, logits, a
 
     def denoise(self, x: Tensor, alpha: float | Tensor, sigma: float | Tensor) -> Tensor:
-        """E[x0 | alpha x0 + sigma eps = x], shaped like x, float64."""
-        z, var, logits, a = self._components(x, alpha, sigma)
-        r = torch.softmax(logits, dim=-1)
-        dev = z.device
-        post = self._means_eig.to(dev) + a * self.eigvals.to(dev) / var * z
-        out = torch.einsum("bk,bke,kde->bd", r, post, self.eigvecs.to(dev))
-        return out.reshape(x.shape)
+        """E[x0 | alpha x0 + sigma eps = x], shaped like x, float64 (differentiable in x,
+        alpha and sigma)."""
+        return _PosteriorMean.apply(*self._inputs(x, alpha, sigma)).reshape(x.shape)
 
     def marginal_log_prob(self, x: Tensor, alpha: float | Tensor, sigma: float | Tensor) -> Tensor:
         """log density of x under the noised marginal at (alpha, sigma), per sample."""
-        _, _, logits, _ = self._components(x, alpha, sigma)
-        return torch.logsumexp(logits, dim=-1)
+        return torch.logsumexp(_noised(*self._inputs(x, alpha, sigma))[2], dim=-1)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact log density of the clean data, per sample."""
@@ -138,6 +193,8 @@ class GaussianMixture:
         """fn(x, t) returning the exact output of a network of the given parameterization."""
 
         def fn(x: Tensor, t: Tensor) -> Tensor:
+            if t.ndim == 1 and len(t) > 1 and t.stride(0) == 0:
+                t = t[:1]  # one value expanded over the batch: one noise level, computed once
             t64 = t.to("cpu", torch.float64)  # keeps the graph: tuners differentiate in t
             alpha, sigma = schedule.alpha_sigma(t64)
             shape = (-1, *([1] * (x.ndim - 1)))
