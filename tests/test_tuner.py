@@ -840,14 +840,15 @@ def test_stage_three_finishes_only_the_descents_best_at_the_screen(setup, monkey
     starts = [(c, {}) for c in candidates]
     finished = tune_module._descend(model, teacher, starts, 4, "full", 20, bar)
     assert [d.steps for d in made] == [20] * 3 and len(finished) == 3 and bar.total == 60
-    # ... and with draws=2 each start descends again on other minibatches, to other ends
+    # ... and with draws=2 the start whose descent ended lowest descends again on other
+    # minibatches, to another end
     made.clear()
     bar = tqdm(total=0, disable=True)
     again = tune_module._descend(model, teacher, starts, 4, "full", 20, bar, draws=2)
-    assert [d.steps for d in made] == [20] * 6 and bar.total == 120
+    assert [d.steps for d in made] == [20] * 4 and bar.total == 80
     assert again[:3] == finished  # draw 0 is the descent draws=1 runs
-    assert [start for start, *_ in again[3:]] == candidates
-    assert all(a[2] != b[2] for a, b in zip(again[:3], again[3:], strict=True))
+    lead = min(range(3), key=lambda i: finished[i][1])
+    assert again[3][0] is candidates[lead] and again[3][2] != finished[lead][2]
 
 
 def test_more_draws_never_keep_a_higher_calibration_loss(setup, monkeypatch):
@@ -867,6 +868,33 @@ def test_more_draws_never_keep_a_higher_calibration_loss(setup, monkeypatch):
     assert one.meta["tuning_calls"] < two.meta["tuning_calls"] < default.meta["tuning_calls"]
     with pytest.raises(fewstep.ArgumentError, match="draws"):
         fewstep.tune(model, 3, draws=0, **options)
+
+
+def test_extra_draws_descend_from_the_start_whose_first_descent_ended_lowest(setup, monkeypatch):
+    """Minibatch descents: one from every start (draw 0), then draws 1 and 2 from the start
+    whose first descent ended with the lowest calibration loss, and from no other."""
+    _, model, calibration, target, _ = setup
+    tune_module = sys.modules["fewstep.tuner.tune"]
+    monkeypatch.setattr(gradient, "FIT_BATCH", 6)
+    begun, ended = [], []
+    real_descent, real_descend = tune_module._descent, tune_module._descend
+
+    def descent(model, teacher, start, *args):
+        begun.append((start, args[-1]))  # (start, draw seed)
+        return real_descent(model, teacher, start, *args)
+
+    def descend(*args):
+        ended.extend(real_descend(*args))
+        return ended
+
+    monkeypatch.setattr(tune_module, "_descent", descent)
+    monkeypatch.setattr(tune_module, "_descend", descend)
+    fewstep.tune(model, 3, calibration=calibration, target=target, iterations=10, progress=False)
+    firsts = [start for start, seed in begun if seed == 0]
+    assert len(firsts) >= 2 and [seed for _, seed in begun[len(firsts) :]] == [1, 2]
+    lead = min(range(len(firsts)), key=lambda i: ended[i][1])
+    assert all(start is firsts[lead] for start, _ in begun[len(firsts) :])
+    assert len(ended) == len(firsts) + 2
 
 
 def test_the_order_search_runs_no_trial_that_compiles_to_the_current_sampler(setup, monkeypatch):

@@ -157,8 +157,8 @@ def add_parser(subparsers) -> None:
         "--draws",
         type=int,
         default=DRAWS,
-        help="minibatch descents (thousands of noises) per start, on other draws; the "
-        f"lowest calibration loss is kept (default {DRAWS})",
+        help="minibatch descents (thousands of noises) from the leading start, on other "
+        f"draws; the lowest calibration loss is kept (default {DRAWS})",
     )
     p.add_argument("--out", default="out/tune", help="directory of the config JSON files")
     p.set_defaults(func=_cmd_tune)

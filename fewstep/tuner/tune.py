@@ -17,7 +17,8 @@ grid is the first candidate, so tuning never makes the calibration loss worse):
    screened where they fit every noise at each step: every descent runs ``SCREEN`` of its
    steps, and only the ``KEEP`` with the lowest held-out error there run to the end
    (successive halving: the descents are most of the tuning time); where they draw
-   minibatches, ``DRAWS`` times from each start on other draws instead, all to the end;
+   minibatches, all run to the end instead, and the start whose descent ended with the
+   lowest calibration loss descends again on other draws (``DRAWS`` descents from it);
 4. finish: the result refitted as a combination of the last state and every evaluation's
    data prediction (a convex fit, fewstep.tuner.finish), where it lowers the held-out error.
 
@@ -70,11 +71,12 @@ CAUTIOUS = {"lr_times": 3e-3, "lr_coefficients": 1e-3}
 #: their held-out error jumps from draw to draw, and the leader changes late
 SCREEN = 0.25
 KEEP = 1
-#: minibatch descents per start: which minibatches a descent draws can decide the basin it
-#: ends in, and the lowest calibration loss of three mostly picks a better one (gmm-vp at 6
-#: calls over four row orders: held-out mean 3.38e-3 with one, 2.75e-3 with three;
-#: ``bench/tuner_spread.py``), for 2.7-3.0x the tuning time on the mixtures of
-#: ``bench/tuner.py`` (the descents are most of it)
+#: minibatch descents from the leading start: which minibatches a descent draws can decide
+#: the basin it ends in, and the lowest calibration loss of three mostly picks a better one
+#: (gmm-vp at 6 calls over four row orders: held-out mean 3.38e-3 with one, 2.75e-3 with
+#: three from every start; ``bench/tuner_spread.py``). Only the start whose first descent
+#: ended lowest draws again: two more descents, not two per start (four starts where both
+#: first steps are refined)
 DRAWS = 3
 
 #: the teachers of this process, shared by every ``tune`` call
@@ -207,12 +209,13 @@ def tune(
             activations instead of nfe calls', for one more network call per call; the same
             descent. For networks whose activations fill memory even at a small batch_size.
         draws: where descents draw minibatches (more than ``FIT_BATCH`` fitting noises),
-            each start descends this many times, with other draws, and the lowest
-            calibration loss is kept (``DRAWS``): which minibatches a descent draws can
-            decide which basin it ends in (gmm-vp at 6 calls: held-out 2.7e-3 to 4.9e-3 with
-            one draw, ``bench/tuner_spread.py``), and the calibration loss mostly ranks those
-            ends as held-out noises do. Each draw costs a descent's model calls; fewer
-            fitting noises run one descent per start whatever this is.
+            the start whose descent ends with the lowest calibration loss descends this
+            many times in all, with other draws, and the lowest calibration loss is kept
+            (``DRAWS``): which minibatches a descent draws can decide which basin it ends in
+            (gmm-vp at 6 calls: held-out 2.7e-3 to 4.9e-3 with one draw,
+            ``bench/tuner_spread.py``), and the calibration loss mostly ranks those ends as
+            held-out noises do. Each draw costs a descent's model calls; fewer fitting
+            noises run one descent per start whatever this is.
     """
     if method not in METHODS:
         raise ArgumentError("method", f"unknown {method!r}", f"one of {METHODS}")
@@ -382,40 +385,40 @@ def _descend(
     recompute: bool = False,
     draws: int = 1,
 ) -> list[tuple[Candidate, float, list[float], list, list[float] | None]]:
-    """Stage 3, screened (successive halving) unless the descents draw minibatches: a
-    descent from each start runs ``SCREEN`` of its steps, then the ``KEEP`` with the lowest
-    held-out error so far run to the end. Minibatch descents run ``draws`` times from each
-    start (draw seeds 0, 1, ...). (start, calibration loss, times, corrections, call times)
-    of each finished descent."""
+    """Stage 3. Descents that fit every noise are screened (successive halving): one from
+    each start runs ``SCREEN`` of its steps, then the ``KEEP`` with the lowest held-out error
+    so far run to the end. Minibatch descents all run to the end, one from each start (draw
+    seed 0), then ``draws - 1`` more (seeds 1, 2, ...) from the start whose descent ended
+    with the lowest calibration loss. (start, calibration loss, times, corrections, call
+    times) of each finished descent."""
 
     def begin(start, rates, seed=0):
         return _descent(
             model, teacher, start, nfe, method, iterations, bar, rates, batch_size, recompute, seed
         )
 
-    descents = [begin(start, rates) for start, rates in starts]
-    screen = min(iterations, math.ceil(SCREEN * iterations))
-    kept = min(KEEP, len(descents))
-    if any(d.minibatched for d in descents):
-        again = [(start, rates, seed) for seed in range(1, draws) for start, rates in starts]
-        descents += [begin(*args) for args in again]
-        starts = starts + [(start, rates) for start, rates, _ in again]
-        kept = len(descents)  # not screened (see SCREEN)
-    bar.total += screen * len(descents) + (iterations - screen) * kept
-    for descent in descents:
-        descent.advance(screen)
-    ranked = sorted(range(len(descents)), key=lambda i: descents[i].held_out)
-    finished = []
-    for i in sorted(ranked[:kept]):
-        descent, start = descents[i], starts[i][0]
+    def finish(descent, start):
         descent.advance(iterations)
         times, corrections, calls, _, _ = descent.result()
         config = _config(
             model, start.solver, start.options, nfe, times, start.gaussian, corrections, calls
         )
-        loss = config_loss(model, teacher, config, batch_size)
-        finished.append((start, loss, times, corrections, calls))
-    return finished
+        return start, config_loss(model, teacher, config, batch_size), times, corrections, calls
+
+    descents = [begin(start, rates) for start, rates in starts]
+    if any(d.minibatched for d in descents):
+        bar.total += iterations * (len(descents) + draws - 1)
+        finished = [finish(d, start) for d, (start, _) in zip(descents, starts, strict=True)]
+        lead = min(range(len(finished)), key=lambda i: finished[i][1])
+        start, rates = starts[lead]
+        return finished + [finish(begin(start, rates, seed), start) for seed in range(1, draws)]
+    screen = min(iterations, math.ceil(SCREEN * iterations))
+    kept = min(KEEP, len(descents))
+    bar.total += screen * len(descents) + (iterations - screen) * kept
+    for descent in descents:
+        descent.advance(screen)
+    ranked = sorted(range(len(descents)), key=lambda i: descents[i].held_out)
+    return [finish(descents[i], starts[i][0]) for i in sorted(ranked[:kept])]
 
 
 def _finished(
