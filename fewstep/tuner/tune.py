@@ -73,10 +73,10 @@ SCREEN = 0.25
 KEEP = 1
 #: minibatch descents from the leading start: which minibatches a descent draws can decide
 #: the basin it ends in, and the lowest calibration loss of three mostly picks a better one
-#: (gmm-vp at 6 calls over four row orders: held-out mean 3.38e-3 with one, 2.75e-3 with
-#: three from every start; ``bench/tuner_spread.py``). Only the start whose first descent
-#: ended lowest draws again: two more descents, not two per start (four starts where both
-#: first steps are refined)
+#: (gmm-vp at 6 calls over four row orders: held-out mean 3.38e-3 with one, 2.76e-3 with
+#: three; ``bench/tuner_spread.py``). Only the start whose first descent ended lowest draws
+#: again: two more descents, not two per start (as from efa38d1 to c13c627, for 2.75e-3
+#: there, with four starts where both first steps are refined)
 DRAWS = 3
 
 #: the teachers of this process, shared by every ``tune`` call
