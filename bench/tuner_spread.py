@@ -30,6 +30,7 @@ from tuner import REFERENCES, _wrong_modes
 import fewstep
 from fewstep.io import atomic_write_text
 from fewstep.reference import problem, rmse
+from fewstep.tuner.tune import DRAWS
 
 torch.set_num_threads(2)
 
@@ -47,7 +48,7 @@ def main() -> None:
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 6])
     parser.add_argument("--orders", type=int, default=4, help="row orders, the given one first")
     parser.add_argument(
-        "--draws", type=int, default=1, help="fewstep.tune's draws (its default: 3)"
+        "--draws", type=int, default=1, help=f"fewstep.tune's draws (its default: {DRAWS})"
     )
     parser.add_argument("--samples", type=int, default=8192)
     parser.add_argument("--calibration", type=int, default=4096)

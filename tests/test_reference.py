@@ -27,11 +27,11 @@ def test_denoiser_is_tweedie(gmm, alpha, sigma):
     )
 
 
-@pytest.mark.parametrize("levels", ["per sample", "shared", "zero signal"])
+@pytest.mark.parametrize("levels", ["per sample", "shared", "zero signal", "fixed"])
 def test_denoiser_gradient_matches_finite_differences(gmm, levels):
     """The denoiser's written-out vector-Jacobian product in x, alpha and sigma (what tuners
     differentiate through) against central differences, per-sample noise levels or one
-    for the batch, and at alpha = 0 (the flow's start)."""
+    for the batch, at alpha = 0 (the flow's start), and in x alone (fixed noise levels)."""
     g = torch.Generator().manual_seed(2)
     x = torch.randn(5, 6, generator=g, dtype=torch.float64, requires_grad=True)
     n = 5 if levels == "per sample" else 1
@@ -39,7 +39,9 @@ def test_denoiser_gradient_matches_finite_differences(gmm, levels):
     sigma = 0.2 + 0.8 * torch.rand(n, generator=g, dtype=torch.float64)
     if levels == "zero signal":
         alpha, sigma = torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
-    inputs = (x, alpha.requires_grad_(), sigma.requires_grad_())
+    if levels != "fixed":
+        alpha, sigma = alpha.requires_grad_(), sigma.requires_grad_()
+    inputs = (x, alpha, sigma)
     assert torch.autograd.gradcheck(gmm.denoise, inputs)
 
 

@@ -58,12 +58,14 @@ class _PosteriorMean(torch.autograd.Function):
         g_logits = r * (g_r - (r * g_r).sum(-2, keepdim=True))  # through the softmax
         g_post = g.mul_(r)
         scaled = z / var
-        # d var: through the posterior's slope and the responsibilities' log-densities
-        g_var = scaled.square().sub_(var.reciprocal()).mul_(0.5 * g_logits)
-        g_var.addcmul_(gain * scaled, g_post, value=-1)
         g_z = torch.mul(gain, g_post).addcmul_(g_logits, scaled, value=-1)
         g_flat = g_z.flatten(1) @ basis.T if ctx.needs_input_grad[0] else None
         g_a = g_s = None
+        if not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+            return g_flat, g_a, g_s, None, None, None, None
+        # d var: through the posterior's slope and the responsibilities' log-densities
+        g_var = scaled.square().sub_(var.reciprocal()).mul_(0.5 * g_logits)
+        g_var.addcmul_(gain * scaled, g_post, value=-1)
         if ctx.needs_input_grad[1]:
             g_a = torch.mul(scaled, eigvals).mul_(g_post).addcmul_(g_z, means_eig, value=-1)
             g_a = g_a.addcmul_(g_var, 2 * a * eigvals).sum_to_size(a.shape)
@@ -111,8 +113,9 @@ class GaussianMixture:
         self.eigvals, self.eigvecs = eigvals, eigvecs  # (K, d), (K, d, d)
         self._means_eig = torch.einsum("kd,kde->ke", means, eigvecs)  # mu_k in its eigenbasis
         d = means.shape[1]
-        self._basis = eigvecs.permute(1, 0, 2).reshape(d, k * d)  # x @ basis: every eigenbasis
-        self._log_weights = torch.log(self.weights)
+        basis = eigvecs.permute(1, 0, 2).reshape(d, k * d)  # x @ basis: every eigenbasis
+        #: (basis, means_eig, eigvals, log_weights) per device, copied there once
+        self._fixed = {basis.device: (basis, self._means_eig, eigvals, torch.log(self.weights))}
 
     @property
     def dim(self) -> int:
@@ -160,12 +163,9 @@ class GaussianMixture:
                 "x", f"has {flat.shape[1]} features per sample, the mixture {self.dim}"
             )
         dev = flat.device
-        return (
-            flat,
-            _column(alpha, b).to(dev),
-            _column(sigma, b).to(dev),
-            *(v.to(dev) for v in (self._basis, self._means_eig, self.eigvals, self._log_weights)),
-        )
+        if dev not in self._fixed:
+            self._fixed[dev] = tuple(v.to(dev) for v in next(iter(self._fixed.values())))
+        return flat, _column(alpha, b).to(dev), _column(sigma, b).to(dev), *self._fixed[dev]
 
     def denoise(self, x: Tensor, alpha: float | Tensor, sigma: float | Tensor) -> Tensor:
         """E[x0 | alpha x0 + sigma eps = x], shaped like x, float64 (differentiable in x,

@@ -75,8 +75,8 @@ KEEP = 1
 #: the basin it ends in, and the lowest calibration loss of three mostly picks a better one
 #: (gmm-vp at 6 calls over four row orders: held-out mean 3.38e-3 with one, 2.76e-3 with
 #: three; ``bench/tuner_spread.py``). Only the start whose first descent ended lowest draws
-#: again: two more descents, not two per start (as from efa38d1 to c13c627, for 2.75e-3
-#: there, with four starts where both first steps are refined)
+#: again (three from every start, efa38d1 to c13c627, gave 2.75e-3 for twice the descents
+#: where four starts are refined)
 DRAWS = 3
 
 #: the teachers of this process, shared by every ``tune`` call
